@@ -194,6 +194,121 @@ def simulate(
         console.print(f"{frame_id}: {len(scan.points)} points", highlight=False)
 
 
+DEFAULT_SEG_MODEL = Path("models/squeezeseg_kitti-front.onnx")
+
+
+def read_scan_points(path: Path):
+    """Points (N, 4) from a raw scan, or from the valid pixels of a SqueezeSeg (H, W, 6) tensor."""
+    from perception.io import read_point_cloud, read_squeezeseg_npy
+    from perception.io.squeezeseg import read_npy_array, split_squeezeseg
+    from perception.lidar.projection import range_image_to_points
+
+    if path.suffix.lower() == ".npy" and read_npy_array(path).ndim == 3:
+        image, mask, _ = split_squeezeseg(read_squeezeseg_npy(path))
+        return range_image_to_points(image, mask)
+    return read_point_cloud(path)
+
+
+@app.command()
+@user_errors
+def segment(
+    scan: Annotated[Path, typer.Argument(help="KITTI .bin, SqueezeSeg .npy (H, W, 6), (N, 4) .npy, .pcd or .ply.")],
+    model: Annotated[Path, typer.Option(help="SqueezeSeg ONNX model.")] = DEFAULT_SEG_MODEL,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write labels and instances as JSON.")] = None,
+    png_out: Annotated[Path | None, typer.Option("--png", help="Write the range image coloured by class.")] = None,
+    providers: Annotated[str, typer.Option(help="auto (TensorRT -> CUDA -> CPU) or a list like cuda,cpu.")] = "auto",
+) -> None:
+    """Label every point of a scan with SqueezeSeg (+ CRF) and group labelled points into instances."""
+    from perception.io import write_image
+    from perception.io.common import atomic_write_text
+    from perception.runtime.segmenter import Segmenter
+    from perception.viz.range_view import colourise_labels
+
+    if not model.is_file():
+        raise ValueError(f"{model}: no such model; export one with `perception export seg --out {model}`")
+    points = read_scan_points(scan)
+    segmenter = Segmenter(model, providers=providers)
+    result = segmenter.segment(points)
+    counts = result.class_counts()
+    console.print(
+        f"{scan}: {len(points)} points, {int(result.projection.in_view.sum())} in view; "
+        + ", ".join(f"{k} {v}" for k, v in counts.items())
+        + f"; {result.provider}; "
+        + ", ".join(f"{k} {v:.1f} ms" for k, v in result.timings_ms.items()),
+        highlight=False,
+    )
+    if json_out is not None:
+        doc = {
+            "scan": str(scan),
+            "model": str(model),
+            "provider": result.provider,
+            "sensor": segmenter.sensor.name,
+            "num_points": len(points),
+            "num_invalid": result.projection.num_invalid,
+            "num_out_of_view": result.projection.num_out_of_view,
+            "classes": list(result.classes),
+            "class_counts": counts,
+            "timings_ms": result.timings_ms,
+            "labels": result.labels.tolist(),
+            "scores": [round(float(v), 4) for v in result.scores],
+        }
+        atomic_write_text(json_out, json.dumps(doc))
+    if png_out is not None:
+        write_image(png_out, colourise_labels(result.pixel_labels, result.projection.mask))
+
+
+export_app = typer.Typer(help="Export trained models to ONNX (needs the [train] extra).", no_args_is_help=True)
+app.add_typer(export_app, name="export")
+
+
+@export_app.command("seg")
+@user_errors
+def export_seg(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output .onnx file.")],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Trained weights (state dict). Without it: fresh weights from --seed.")
+    ] = None,
+    sensor: Annotated[str, typer.Option(help="Sensor the model runs on (fixes H x W).")] = "kitti-front",
+    crf: Annotated[bool, typer.Option("--crf/--no-crf", help="Include the recurrent CRF.")] = True,
+    crf_iterations: Annotated[int, typer.Option(min=1, max=10)] = 3,
+    crf_window: Annotated[str, typer.Option(help="CRF window, rows x columns, e.g. 3x5.")] = "3x5",
+    opset: Annotated[int, typer.Option(min=17)] = 17,
+    seed: Annotated[int, typer.Option(help="Seed for fresh weights.")] = 0,
+) -> None:
+    """Export SqueezeSeg (+ CRF) to ONNX and check torch vs ONNX Runtime on a random input."""
+    import numpy as np
+
+    from perception.lidar.sensors import load_sensor
+
+    try:
+        from perception.training.export import (
+            build_segmentation_model,
+            compare_with_onnxruntime,
+            export_segmentation_onnx,
+        )
+    except ImportError as exc:
+        raise ValueError(f"export needs the [train] extra ({exc.name} is not installed)") from None
+    try:
+        kh, kw = (int(v) for v in crf_window.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--crf-window must look like 3x5, got {crf_window!r}") from None
+    spec = load_sensor(sensor)
+    model = build_segmentation_model(checkpoint, crf=crf, crf_iterations=crf_iterations, crf_window=(kh, kw), seed=seed)
+    metadata = {"weights": str(checkpoint) if checkpoint else f"freshly initialised (seed {seed}), untrained"}
+    path = export_segmentation_onnx(model, out, spec, opset=opset, metadata=metadata)
+    rng = np.random.default_rng(seed)
+    image = (rng.normal(size=(1, 5, *spec.shape)) * 10).astype(np.float32)
+    mask = (rng.random((1, 1, *spec.shape)) > 0.1).astype(np.float32)
+    diff = compare_with_onnxruntime(model, path, image, mask)
+    console.print(
+        f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {opset}); "
+        f"torch vs ONNX Runtime max |logit diff| = {diff:.2e}",
+        highlight=False,
+    )
+    if diff > 1e-4:
+        raise ValueError(f"ONNX Runtime output differs from torch by {diff:.2e} (> 1e-4)")
+
+
 def main() -> None:
     app()
 

@@ -1,0 +1,152 @@
+"""ONNX export of the torch models, with metadata the runtime reads and a parity check against ONNX Runtime."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+
+from perception.lidar import squeezeseg_config as cfg
+from perception.lidar.sensors import SensorSpec
+from perception.training.nets.squeezeseg import SqueezeSeg
+
+DEFAULT_OPSET = 17
+SEG_INPUTS = ("range_image", "mask")
+SEG_OUTPUTS = ("logits", "probs")
+
+
+class _SegmentationGraph(torch.nn.Module):
+    """The exported graph: logits, and class probabilities zeroed on empty pixels."""
+
+    def __init__(self, model: SqueezeSeg) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, range_image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(range_image, mask)
+        return logits, torch.softmax(logits, dim=1) * mask
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def export_segmentation_onnx(
+    model: SqueezeSeg,
+    out_path: str | os.PathLike[str],
+    sensor: SensorSpec,
+    opset: int = DEFAULT_OPSET,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Export SqueezeSeg (+ CRF) for ``sensor``'s H x W with a dynamic batch, check it, write atomically.
+
+    Inputs ``range_image`` float32 (B, 5, H, W) and ``mask`` float32 (B, 1, H, W); outputs ``logits`` and
+    ``probs`` (B, C, H, W). Metadata (``perception.*`` keys) names the task, sensor, classes, CRF and
+    normalisation so the runtime can check what it loads.
+    """
+    if opset < 17:
+        raise ValueError("opset must be >= 17")
+    height, width = sensor.shape
+    if width % 16:
+        raise ValueError(f"SqueezeSeg needs a width divisible by 16, sensor {sensor.name} has {width}")
+    target = Path(out_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    graph = _SegmentationGraph(model).eval()
+    example = (torch.zeros(1, 5, height, width), torch.zeros(1, 1, height, width))
+    crf = model.crf
+    meta = {
+        "perception.task": "segmentation",
+        "perception.architecture": "squeezeseg" + ("+crf" if crf is not None else ""),
+        "perception.sensor": json.dumps(sensor.to_dict()),
+        "perception.input_height": str(height),
+        "perception.input_width": str(width),
+        "perception.classes": json.dumps(list(cfg.CLASSES[: model.num_classes])),
+        "perception.input_mean": json.dumps(model.input_mean.flatten().tolist()),
+        "perception.input_std": json.dumps(model.input_std.flatten().tolist()),
+        "perception.crf": json.dumps(
+            {"iterations": crf.iterations, "window": list(crf.window), "form": crf.form} if crf else None
+        ),
+    }
+    meta.update({f"perception.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            # the CRF's neighbour slices trigger a harmless constant-folding notice in the TorchScript exporter
+            warnings.filterwarnings("ignore", message="Constant folding")
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            torch.onnx.export(
+                graph,
+                example,
+                tmp,
+                input_names=list(SEG_INPUTS),
+                output_names=list(SEG_OUTPUTS),
+                dynamic_axes={name: {0: "batch"} for name in (*SEG_INPUTS, *SEG_OUTPUTS)},
+                opset_version=opset,
+                dynamo=False,
+            )
+        proto = onnx.load(tmp)
+        for key, value in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        proto.producer_name = "perception"
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def compare_with_onnxruntime(
+    model: SqueezeSeg, onnx_path: str | os.PathLike[str], range_image: np.ndarray, mask: np.ndarray
+) -> float:
+    """Max abs difference of the logits between torch (eval mode) and ONNX Runtime on CPU."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    ort_logits = session.run(["logits"], {"range_image": range_image, "mask": mask})[0]
+    with torch.no_grad():
+        torch_logits = model.eval()(torch.from_numpy(range_image), torch.from_numpy(mask)).numpy()
+    return float(np.max(np.abs(torch_logits - ort_logits)))
+
+
+def build_segmentation_model(
+    checkpoint: str | os.PathLike[str] | None = None,
+    crf: bool = True,
+    crf_iterations: int = cfg.CRF_ITERATIONS,
+    crf_window: tuple[int, int] = cfg.CRF_WINDOW,
+    seed: int = 0,
+) -> SqueezeSeg:
+    """SqueezeSeg from a checkpoint (a state dict, or a dict with ``model``), or freshly initialised from ``seed``."""
+    from perception.training.nets.squeezeseg import squeezeseg, squeezeseg_without_crf
+
+    torch.manual_seed(seed)
+    model = squeezeseg(crf_iterations=crf_iterations, crf_window=crf_window) if crf else squeezeseg_without_crf()
+    if checkpoint is not None:
+        try:
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise ValueError(f"{checkpoint}: no such checkpoint") from None
+        except Exception as exc:  # torch raises several unrelated types for a bad file
+            raise ValueError(f"{checkpoint}: not a readable torch checkpoint ({type(exc).__name__})") from None
+        if isinstance(state, dict) and "model" in state:
+            state = state["model"]
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise ValueError(f"{checkpoint}: weights do not fit this SqueezeSeg ({str(exc).splitlines()[0]})") from None
+    return model.eval()

@@ -1,0 +1,1 @@
+"""Pictures of perception output (numpy + Pillow)."""
