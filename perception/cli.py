@@ -219,8 +219,11 @@ def segment(
     providers: Annotated[str, typer.Option(help="auto (TensorRT -> CUDA -> CPU) or a list like cuda,cpu.")] = "auto",
 ) -> None:
     """Label every point of a scan with SqueezeSeg (+ CRF) and group labelled points into instances."""
+    import time
+
     from perception.io import write_image
     from perception.io.common import atomic_write_text
+    from perception.lidar.clustering import cluster_instances, instance_ids_per_point
     from perception.runtime.segmenter import Segmenter
     from perception.viz.range_view import colourise_labels
 
@@ -229,14 +232,24 @@ def segment(
     points = read_scan_points(scan)
     segmenter = Segmenter(model, providers=providers)
     result = segmenter.segment(points)
+    t0 = time.perf_counter()
+    instances = cluster_instances(points, result.labels, result.projection, scores=result.scores)
+    timings = {**result.timings_ms, "clustering": (time.perf_counter() - t0) * 1e3}
     counts = result.class_counts()
     console.print(
         f"{scan}: {len(points)} points, {int(result.projection.in_view.sum())} in view; "
         + ", ".join(f"{k} {v}" for k, v in counts.items())
-        + f"; {result.provider}; "
-        + ", ".join(f"{k} {v:.1f} ms" for k, v in result.timings_ms.items()),
+        + f"; {len(instances)} instances; {result.provider}; "
+        + ", ".join(f"{k} {v:.1f} ms" for k, v in timings.items()),
         highlight=False,
     )
+    for inst in instances:
+        b = inst.box
+        console.print(
+            f"  #{inst.id} {inst.class_name}: {inst.num_points} pts, centre ({b.x:.1f}, {b.y:.1f}, {b.z:.1f}) m, "
+            f"{b.length:.1f} x {b.width:.1f} x {b.height:.1f} m, yaw {b.yaw:+.2f} rad, score {inst.score:.2f}",
+            highlight=False,
+        )
     if json_out is not None:
         doc = {
             "scan": str(scan),
@@ -248,8 +261,10 @@ def segment(
             "num_out_of_view": result.projection.num_out_of_view,
             "classes": list(result.classes),
             "class_counts": counts,
-            "timings_ms": result.timings_ms,
+            "timings_ms": timings,
+            "instances": [inst.to_dict() for inst in instances],
             "labels": result.labels.tolist(),
+            "instance_ids": instance_ids_per_point(instances, len(points)).tolist(),
             "scores": [round(float(v), 4) for v in result.scores],
         }
         atomic_write_text(json_out, json.dumps(doc))

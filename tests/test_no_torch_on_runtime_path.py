@@ -8,7 +8,7 @@ import sys
 
 import perception
 
-RUNTIME_PACKAGES = ("lidar", "io", "camera", "runtime", "service", "ros", "sim")
+RUNTIME_PACKAGES = ("lidar", "io", "camera", "runtime", "service", "ros", "sim", "viz", "evaluation")
 
 
 def runtime_modules() -> list[str]:

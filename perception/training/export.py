@@ -16,6 +16,7 @@ import torch
 
 from perception.lidar import squeezeseg_config as cfg
 from perception.lidar.sensors import SensorSpec
+from perception.training.nets.squeezedet import DET_CLASSES, INPUT_HEIGHT, INPUT_WIDTH, SqueezeDet
 from perception.training.nets.squeezeseg import SqueezeSeg
 
 DEFAULT_OPSET = 17
@@ -56,13 +57,9 @@ def export_segmentation_onnx(
     ``probs`` (B, C, H, W). Metadata (``perception.*`` keys) names the task, sensor, classes, CRF and
     normalisation so the runtime can check what it loads.
     """
-    if opset < 17:
-        raise ValueError("opset must be >= 17")
     height, width = sensor.shape
     if width % 16:
         raise ValueError(f"SqueezeSeg needs a width divisible by 16, sensor {sensor.name} has {width}")
-    target = Path(out_path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     graph = _SegmentationGraph(model).eval()
     example = (torch.zeros(1, 5, height, width), torch.zeros(1, 1, height, width))
     crf = model.crf
@@ -79,36 +76,8 @@ def export_segmentation_onnx(
             {"iterations": crf.iterations, "window": list(crf.window), "form": crf.form} if crf else None
         ),
     }
-    meta.update({f"perception.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()})
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():
-            # the CRF's neighbour slices trigger a harmless constant-folding notice in the TorchScript exporter
-            warnings.filterwarnings("ignore", message="Constant folding")
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            torch.onnx.export(
-                graph,
-                example,
-                tmp,
-                input_names=list(SEG_INPUTS),
-                output_names=list(SEG_OUTPUTS),
-                dynamic_axes={name: {0: "batch"} for name in (*SEG_INPUTS, *SEG_OUTPUTS)},
-                opset_version=opset,
-                dynamo=False,
-            )
-        proto = onnx.load(tmp)
-        for key, value in meta.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        proto.producer_name = "perception"
-        onnx.checker.check_model(proto, full_check=True)
-        onnx.save(proto, tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return target
+    meta.update(_user_metadata(metadata))
+    return _export_checked(graph, example, Path(out_path), SEG_INPUTS, SEG_OUTPUTS, opset, meta)
 
 
 def compare_with_onnxruntime(
@@ -150,3 +119,94 @@ def build_segmentation_model(
         except RuntimeError as exc:
             raise ValueError(f"{checkpoint}: weights do not fit this SqueezeSeg ({str(exc).splitlines()[0]})") from None
     return model.eval()
+
+
+DET_INPUTS = ("image",)
+DET_OUTPUTS = ("class_probs", "confidence", "deltas")
+
+
+class _DetectionGraph(torch.nn.Module):
+    """The exported detector: per-anchor class probabilities (softmax), confidence (sigmoid) and deltas."""
+
+    def __init__(self, model: SqueezeDet) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        class_logits, confidence, deltas = self.model.split_outputs(self.model(image))
+        return torch.softmax(class_logits, dim=-1), torch.sigmoid(confidence), deltas
+
+
+def _export_checked(
+    graph: torch.nn.Module,
+    example: tuple[torch.Tensor, ...],
+    target: Path,
+    inputs: tuple[str, ...],
+    outputs: tuple[str, ...],
+    opset: int,
+    meta: dict[str, str],
+) -> Path:
+    """torch.onnx.export into a temporary sibling, add metadata, run onnx.checker, rename into place."""
+    if opset < 17:
+        raise ValueError("opset must be >= 17")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():
+            # the CRF's neighbour slices trigger a harmless constant-folding notice in the TorchScript exporter
+            warnings.filterwarnings("ignore", message="Constant folding")
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            torch.onnx.export(
+                graph,
+                example,
+                tmp,
+                input_names=list(inputs),
+                output_names=list(outputs),
+                dynamic_axes={name: {0: "batch"} for name in (*inputs, *outputs)},
+                opset_version=opset,
+                dynamo=False,
+            )
+        proto = onnx.load(tmp)
+        for key, value in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        proto.producer_name = "perception"
+        onnx.checker.check_model(proto, full_check=True)
+        onnx.save(proto, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def export_detection_onnx(
+    model: SqueezeDet,
+    out_path: str | os.PathLike[str],
+    opset: int = DEFAULT_OPSET,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Export SqueezeDet/SqueezeDet+ at 1248 x 384 with a dynamic batch, checked, written atomically.
+
+    Input ``image`` float32 (B, 3, 384, 1248) RGB in [0, 255]; outputs ``class_probs`` (B, A, C),
+    ``confidence`` (B, A) and ``deltas`` (B, A, 4), anchors numbered (row * Wg + col) * K + k.
+    """
+    graph = _DetectionGraph(model).eval()
+    grid_w, grid_h = model.variant.grid
+    meta = {
+        "perception.task": "detection",
+        "perception.architecture": model.variant.name,
+        "perception.input_width": str(INPUT_WIDTH),
+        "perception.input_height": str(INPUT_HEIGHT),
+        "perception.grid": json.dumps([grid_w, grid_h]),
+        "perception.anchors_per_cell": str(model.anchors_per_cell),
+        "perception.classes": json.dumps(list(DET_CLASSES[: model.num_classes])),
+    }
+    meta.update(_user_metadata(metadata))
+    example = (torch.zeros(1, 3, INPUT_HEIGHT, INPUT_WIDTH),)
+    return _export_checked(graph, example, Path(out_path), DET_INPUTS, DET_OUTPUTS, opset, meta)
+
+
+def _user_metadata(metadata: dict[str, Any] | None) -> dict[str, str]:
+    return {f"perception.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
