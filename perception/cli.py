@@ -272,6 +272,94 @@ def segment(
         write_image(png_out, colourise_labels(result.pixel_labels, result.projection.mask))
 
 
+DEFAULT_DET_MODEL = Path("models/squeezedet.onnx")
+
+
+@app.command()
+@user_errors
+def detect(
+    image: Annotated[Path, typer.Argument(help="Camera frame: PNG or JPEG.")],
+    model: Annotated[Path, typer.Option(help="SqueezeDet ONNX model.")] = DEFAULT_DET_MODEL,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write detections as JSON.")] = None,
+    png_out: Annotated[Path | None, typer.Option("--png", help="Write the frame with boxes drawn.")] = None,
+    kitti_out: Annotated[Path | None, typer.Option("--kitti", help="Write a KITTI result file (16 fields).")] = None,
+    plot_threshold: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Score threshold for printing/drawing.")
+    ] = 0.4,
+    providers: Annotated[str, typer.Option(help="auto (TensorRT -> CUDA -> CPU) or a list like cuda,cpu.")] = "auto",
+) -> None:
+    """Detect cars, pedestrians and cyclists in a camera frame with SqueezeDet."""
+    from perception.io import read_image, write_image, write_label
+    from perception.io.common import atomic_write_text
+    from perception.runtime.detector import Detector
+    from perception.viz.camera_view import draw_detections
+
+    if not model.is_file():
+        raise ValueError(f"{model}: no such model; export one with `perception export det --out {model}`")
+    frame = read_image(image)
+    detector = Detector(model, providers=providers)
+    result = detector.detect(frame)
+    shown = [d for d in result.detections if d.score >= plot_threshold]
+    console.print(
+        f"{image}: {frame.shape[1]} x {frame.shape[0]}; {len(result.detections)} detections, {len(shown)} with "
+        f"score >= {plot_threshold}; {result.provider}; "
+        + ", ".join(f"{k} {v:.1f} ms" for k, v in result.timings_ms.items()),
+        highlight=False,
+    )
+    for det in shown:
+        console.print(
+            f"  {det.class_name} {det.score:.2f} ({det.x1:.0f}, {det.y1:.0f}, {det.x2:.0f}, {det.y2:.0f})",
+            highlight=False,
+        )
+    if json_out is not None:
+        doc = {
+            "image": str(image),
+            "model": str(model),
+            "provider": result.provider,
+            "image_size": list(result.image_size),
+            "timings_ms": result.timings_ms,
+            "detections": [d.to_dict() for d in result.detections],
+        }
+        atomic_write_text(json_out, json.dumps(doc, indent=1))
+    if kitti_out is not None:
+        write_label(kitti_out, [d.to_kitti() for d in result.detections])
+    if png_out is not None:
+        write_image(png_out, draw_detections(frame, shown))
+
+
+eval_app = typer.Typer(help="Evaluate predictions or models.", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.command("det")
+@user_errors
+def eval_det(
+    gt: Annotated[Path, typer.Option("--gt", help="Ground-truth label_2 directory.")],
+    pred: Annotated[Path, typer.Option("--pred", help="Predictions: KITTI result files (16 fields) per frame.")],
+    metric: Annotated[str, typer.Option(help="R40 (the benchmark's since 2019) or 11 (older tables).")] = "R40",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """KITTI 2D object detection AP (official protocol) for car, pedestrian and cyclist."""
+    from perception.evaluation.kitti_object import evaluate_kitti_2d, format_results, load_label_dir
+
+    if metric not in ("R40", "11"):
+        raise ValueError(f"--metric must be R40 or 11, got {metric!r}")
+    if not gt.is_dir():
+        raise ValueError(f"{gt}: not a directory of KITTI label files")
+    if not pred.is_dir():
+        raise ValueError(f"{pred}: not a directory of KITTI result files")
+    ground_truth = load_label_dir(gt)
+    if not ground_truth:
+        raise ValueError(f"{gt}: holds no .txt label files")
+    predictions = load_label_dir(pred, frame_ids=list(ground_truth))
+    results = evaluate_kitti_2d(ground_truth, predictions, metric=metric)  # type: ignore[arg-type]
+    if as_json:
+        print(json.dumps(results))
+    else:
+        console.print(format_results(results), highlight=False)
+        console.print(f"{len(ground_truth)} frames", highlight=False)
+
+
 export_app = typer.Typer(help="Export trained models to ONNX (needs the [train] extra).", no_args_is_help=True)
 app.add_typer(export_app, name="export")
 
@@ -318,6 +406,42 @@ def export_seg(
     console.print(
         f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {opset}); "
         f"torch vs ONNX Runtime max |logit diff| = {diff:.2e}",
+        highlight=False,
+    )
+    if diff > 1e-4:
+        raise ValueError(f"ONNX Runtime output differs from torch by {diff:.2e} (> 1e-4)")
+
+
+@export_app.command("det")
+@user_errors
+def export_det(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output .onnx file.")],
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="Trained weights (state dict). Without it: fresh weights from --seed.")
+    ] = None,
+    variant: Annotated[str, typer.Option(help="squeezedet or squeezedet+.")] = "squeezedet",
+    opset: Annotated[int, typer.Option(min=17)] = 17,
+    seed: Annotated[int, typer.Option(help="Seed for fresh weights.")] = 0,
+) -> None:
+    """Export SqueezeDet / SqueezeDet+ to ONNX and check torch vs ONNX Runtime on a random frame."""
+    import numpy as np
+
+    try:
+        from perception.training.export import (
+            build_detection_model,
+            compare_detection_with_onnxruntime,
+            export_detection_onnx,
+        )
+    except ImportError as exc:
+        raise ValueError(f"export needs the [train] extra ({exc.name} is not installed)") from None
+    model = build_detection_model(variant, checkpoint, seed=seed)
+    metadata = {"weights": str(checkpoint) if checkpoint else f"freshly initialised (seed {seed}), untrained"}
+    path = export_detection_onnx(model, out, opset=opset, metadata=metadata)
+    image = (np.random.default_rng(seed).random((1, 3, 384, 1248)) * 255).astype(np.float32)
+    diff = compare_detection_with_onnxruntime(model, path, image)
+    console.print(
+        f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB, opset {opset}); "
+        f"torch vs ONNX Runtime max |diff| = {diff:.2e}",
         highlight=False,
     )
     if diff > 1e-4:

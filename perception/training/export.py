@@ -106,18 +106,7 @@ def build_segmentation_model(
     torch.manual_seed(seed)
     model = squeezeseg(crf_iterations=crf_iterations, crf_window=crf_window) if crf else squeezeseg_without_crf()
     if checkpoint is not None:
-        try:
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise ValueError(f"{checkpoint}: no such checkpoint") from None
-        except Exception as exc:  # torch raises several unrelated types for a bad file
-            raise ValueError(f"{checkpoint}: not a readable torch checkpoint ({type(exc).__name__})") from None
-        if isinstance(state, dict) and "model" in state:
-            state = state["model"]
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as exc:
-            raise ValueError(f"{checkpoint}: weights do not fit this SqueezeSeg ({str(exc).splitlines()[0]})") from None
+        _load_weights(model, checkpoint)
     return model.eval()
 
 
@@ -210,3 +199,50 @@ def export_detection_onnx(
 
 def _user_metadata(metadata: dict[str, Any] | None) -> dict[str, str]:
     return {f"perception.{k}": v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+
+
+def build_detection_model(
+    variant: str = "squeezedet", checkpoint: str | os.PathLike[str] | None = None, seed: int = 0
+) -> SqueezeDet:
+    """SqueezeDet or SqueezeDet+ from a checkpoint, or freshly initialised from ``seed``."""
+    from perception.training.nets.squeezedet import squeezedet, squeezedet_plus
+
+    builders = {"squeezedet": squeezedet, "squeezedet+": squeezedet_plus, "squeezedet-plus": squeezedet_plus}
+    if variant not in builders:
+        raise ValueError(f"unknown detector {variant!r}; use squeezedet or squeezedet+")
+    torch.manual_seed(seed)
+    model = builders[variant]()
+    if checkpoint is not None:
+        _load_weights(model, checkpoint)
+    return model.eval()
+
+
+def _load_weights(model: torch.nn.Module, checkpoint: str | os.PathLike[str]) -> None:
+    """Load a state dict (or a dict holding one under ``model``) without unpickling arbitrary objects."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{checkpoint}: no such checkpoint") from None
+    except Exception as exc:  # torch raises several unrelated types for a bad file
+        raise ValueError(f"{checkpoint}: not a readable torch checkpoint ({type(exc).__name__})") from None
+    if isinstance(state, dict) and "model" in state:
+        state = state["model"]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"{checkpoint}: weights do not fit {type(model).__name__} ({str(exc).splitlines()[0]})"
+        ) from None
+
+
+def compare_detection_with_onnxruntime(
+    model: SqueezeDet, onnx_path: str | os.PathLike[str], image: np.ndarray
+) -> float:
+    """Max abs difference over class probabilities, confidences and deltas, torch (eval) vs ONNX Runtime CPU."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    ort_out = session.run(list(DET_OUTPUTS), {"image": image})
+    with torch.no_grad():
+        torch_out = _DetectionGraph(model.eval())(torch.from_numpy(image))
+    return float(max(np.max(np.abs(t.numpy() - o)) for t, o in zip(torch_out, ort_out, strict=True)))
