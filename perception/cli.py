@@ -126,8 +126,9 @@ def info(
         "onnxruntime": ort.__version__,
         "onnxruntime_providers": ort.get_available_providers(),
     }
+    architectures = _architecture_parameters()
     if as_json:
-        print(json.dumps({"libraries": libraries, "sensors": sensors}, indent=2))
+        print(json.dumps({"libraries": libraries, "sensors": sensors, "architectures": architectures}, indent=2))
         return
     table = Table(title="Sensors")
     for col in ("name", "rows x cols", "azimuth", "res (deg)", "vertical FOV", "range (m)"):
@@ -144,6 +145,27 @@ def info(
     console.print(table)
     for key, value in libraries.items():
         console.print(f"{key}: {value}", highlight=False)
+    if architectures:
+        console.print(
+            "parameters: " + ", ".join(f"{name} {count:,}" for name, count in architectures.items()), highlight=False
+        )
+    else:
+        console.print("parameters: install the [train] extra (torch) to count them", highlight=False)
+
+
+def _architecture_parameters() -> dict[str, int]:
+    """Parameter counts of the model architectures (needs torch; empty without it)."""
+    try:
+        from perception.training.nets.squeezedet import squeezedet, squeezedet_plus
+        from perception.training.nets.squeezeseg import count_parameters, squeezeseg, squeezeseg_without_crf
+    except ImportError:
+        return {}
+    return {
+        "squeezeseg+crf": count_parameters(squeezeseg()),
+        "squeezeseg": count_parameters(squeezeseg_without_crf()),
+        "squeezedet": count_parameters(squeezedet()),
+        "squeezedet+": count_parameters(squeezedet_plus()),
+    }
 
 
 @app.command()

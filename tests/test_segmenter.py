@@ -176,3 +176,33 @@ def test_export_without_crf_and_other_window(tmp_path):
     image = (rng.normal(size=(1, 5, 64, 512)) * 10).astype(np.float32)
     mask = (rng.random((1, 1, 64, 512)) > 0.1).astype(np.float32)
     assert compare_with_onnxruntime(model, path, image, mask) <= 1e-4
+
+
+def test_segment_cli_writes_labels_instances_and_png(tmp_path, seg_model):
+    import json
+    import subprocess
+    import sys
+
+    from perception.io import read_image
+
+    from .conftest import SAMPLE_DIR
+
+    scan = SAMPLE_DIR / "velodyne" / "000000.bin"
+    res = subprocess.run(
+        [sys.executable, "-m", "perception.cli", "segment", str(scan), "--model", str(seg_model[1]),
+         "--json", str(tmp_path / "s.json"), "--png", str(tmp_path / "s.png"), "--providers", "cpu"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert len(doc["labels"]) == doc["num_points"] == len(doc["instance_ids"]) > 100_000
+    assert doc["provider"] == "CPUExecutionProvider" and set(doc["timings_ms"]) >= {"inference", "clustering"}
+    for inst in doc["instances"]:
+        assert inst["class_id"] in (1, 2, 3) and inst["num_points"] >= 1
+    png = read_image(tmp_path / "s.png")
+    assert png.shape == (64 * 4, 512, 3)
+    bad = subprocess.run(
+        [sys.executable, "-m", "perception.cli", "segment", str(tmp_path / "s.json"), "--model", str(seg_model[1])],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.startswith("error: ")
