@@ -349,6 +349,53 @@ def detect(
         write_image(png_out, draw_detections(frame, shown))
 
 
+@app.command()
+@user_errors
+def train(
+    task: Annotated[str, typer.Argument(help="seg (SqueezeSeg) or det (SqueezeDet).")],
+    data: Annotated[Path, typer.Option(help="Training data: KITTI layout, simulator output or SqueezeSeg .npy dir.")],
+    config: Annotated[Path | None, typer.Option(help="YAML with TrainConfig fields (CLI options win).")] = None,
+    steps: Annotated[int | None, typer.Option(min=1, help="Training steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (checkpoints, metrics).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/checkpoints/last.pt.")] = False,
+) -> None:
+    """Train SqueezeSeg or SqueezeDet (needs the [train] extra); Ctrl-C saves a checkpoint and stops."""
+    try:
+        from perception.training.train import TrainConfig
+        from perception.training.train import train as run_training
+    except ImportError as exc:
+        raise ValueError(f"training needs the [train] extra ({exc.name} is not installed)") from None
+    if task not in ("seg", "det"):
+        raise ValueError(f"task must be seg or det, got {task!r}")
+    overrides = {"task": task, "data": str(data), "steps": steps, "batch_size": batch_size,
+                 "out": str(out) if out else None, "device": device}  # fmt: skip
+    if config is not None:
+        cfg = TrainConfig.from_file(config, **overrides)
+    else:
+        cfg = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    if out is None and config is None:
+        cfg.out = f"runs/{task}"
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=console) as bar:  # fmt: skip
+        job = bar.add_task(f"train {task}", total=cfg.steps, info="")
+
+        def progress(step: int, row: dict[str, float]) -> None:
+            info = f"loss {row['loss_total']:.3f} lr {row['lr']:.4f} {row['frames_per_s']:.1f} frames/s"
+            bar.update(job, completed=step, info=info)
+
+        summary = run_training(cfg, resume=resume, progress=progress)
+    state = "stopped by signal" if summary["interrupted_by_signal"] else "done"
+    console.print(
+        f"{state} at step {summary['step']}: {summary['frames_per_s']:.2f} frames/s; "
+        f"checkpoints in {cfg.out}/checkpoints; last validation {summary['val_metrics']}",
+        highlight=False,
+    )
+
+
 eval_app = typer.Typer(help="Evaluate predictions or models.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 

@@ -1,0 +1,425 @@
+"""Trainers for SqueezeSeg (segmentation) and SqueezeDet (detection), with the papers' optimiser settings.
+
+One loop serves both tasks: SGD with momentum 0.9, weight decay 1e-4, lr 0.01 halved every 10,000 steps,
+each gradient tensor clipped to norm 1.0 (as the originals' ``tf.clip_by_norm`` per variable), mixed
+precision on CUDA. Batches are a pure function of (seed, step), so ``--resume`` continues with exactly
+the batch and dropout state an uninterrupted run would have used. Checkpoints are written atomically
+every ``checkpoint_every`` steps, at the end and on SIGINT/SIGTERM; ``best.pt`` keeps the best validation
+score (mean IoU of car/pedestrian/cyclist for segmentation, moderate car AP for detection). Metrics go to
+``metrics.jsonl`` and ``metrics.csv`` in the run directory, and to TensorBoard when it is installed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import yaml
+
+from perception.io.common import atomic_write, atomic_write_text
+from perception.lidar import squeezeseg_config as seg_cfg
+
+Task = Literal["seg", "det"]
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; defaults are the papers' (DESIGN.md) except batch size, which suits a CPU."""
+
+    task: Task = "seg"
+    data: str = ""
+    val_data: str | None = None
+    train_split: str | None = "train"
+    val_split: str | None = "val"
+    out: str = "runs/seg"
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = seg_cfg.LEARNING_RATE
+    lr_decay_steps: int = seg_cfg.LR_DECAY_STEPS
+    lr_decay_factor: float = seg_cfg.LR_DECAY_FACTOR
+    momentum: float = seg_cfg.MOMENTUM
+    weight_decay: float = seg_cfg.WEIGHT_DECAY
+    max_grad_norm: float = seg_cfg.MAX_GRAD_NORM
+    warmup_steps: int = 0
+    checkpoint_every: int = 100
+    validate_every: int = 0  # steps; 0 = once per epoch
+    log_every: int = 10
+    device: str = "auto"
+    amp: bool = True
+    seed: int = 0
+    threads: int = 0
+    # segmentation
+    crf: bool = True
+    crf_iterations: int = seg_cfg.CRF_ITERATIONS
+    crop_width: int = 0  # random azimuth crops for speed (multiple of 16); 0 = full width
+    flip: bool = True
+    range_dropout: float = 0.0
+    # detection
+    variant: str = "squeezedet"
+    drift: tuple[int, int] = (150, 100)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: a training config must be a mapping")
+        return cls.from_dict({**data, **{k: v for k, v in overrides.items() if v is not None}})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training settings: {', '.join(unknown)}")
+        cfg = cls(**data)
+        if cfg.task not in ("seg", "det"):
+            raise ValueError(f"task must be seg or det, got {cfg.task!r}")
+        if cfg.crop_width % 16:
+            raise ValueError("crop_width must be a multiple of 16")
+        if cfg.steps < 1 or cfg.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        cfg.drift = tuple(cfg.drift)  # type: ignore[assignment]
+        return cfg
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("CUDA was asked for but torch sees no GPU")
+    return torch.device(name)
+
+
+def clip_gradients_per_tensor(parameters: Iterator[torch.nn.Parameter], max_norm: float) -> float:
+    """Clip each gradient tensor to ``max_norm`` (the originals' per-variable clip); return the global norm."""
+    total = 0.0
+    for p in parameters:
+        if p.grad is None:
+            continue
+        norm = float(p.grad.norm())
+        total += norm * norm
+        if norm > max_norm:
+            p.grad.mul_(max_norm / (norm + 1e-12))
+    return math.sqrt(total)
+
+
+def batch_indices(n: int, batch_size: int, seed: int, step: int) -> tuple[int, list[int]]:
+    """(epoch, dataset indices) of the batch at ``step``: a fresh permutation each epoch, seeded by (seed, epoch)."""
+    per_epoch = max(1, n // batch_size)
+    epoch, b = divmod(step, per_epoch)
+    perm = np.random.default_rng((seed, epoch)).permutation(n)
+    if n < batch_size:
+        perm = np.resize(perm, batch_size)
+    return epoch, perm[b * batch_size : (b + 1) * batch_size].tolist()
+
+
+class TrainingTask:
+    """What differs between segmentation and detection: data, model, loss, validation."""
+
+    name: str
+    model: torch.nn.Module
+    train_set: Any
+    val_set: Any | None
+
+    def batch(self, indices: list[int], epoch: int, device: torch.device) -> tuple[Any, ...]:
+        raise NotImplementedError
+
+    def loss(self, batch: tuple[Any, ...]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def validate(self, device: torch.device) -> dict[str, float]:
+        raise NotImplementedError
+
+    @staticmethod
+    def score(metrics: dict[str, float]) -> float:
+        raise NotImplementedError
+
+
+class SegmentationTask(TrainingTask):
+    name = "seg"
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        from perception.training.datasets import KittiScanDataset, SqueezeSegNpyDataset
+        from perception.training.nets.squeezeseg import squeezeseg, squeezeseg_without_crf
+
+        self.cfg = cfg
+        self.model = squeezeseg(crf_iterations=cfg.crf_iterations) if cfg.crf else squeezeseg_without_crf()
+
+        def make(root: str, split: str | None, train: bool) -> Any:
+            kwargs = {"flip": cfg.flip and train, "dropout": cfg.range_dropout if train else 0.0, "seed": cfg.seed}
+            base = Path(root)
+            if (base / "velodyne").is_dir():
+                return KittiScanDataset(base, split=split, **kwargs)
+            npy_dir = base / "squeezeseg" if (base / "squeezeseg").is_dir() else base
+            from perception.training.datasets import read_split
+
+            return SqueezeSegNpyDataset(npy_dir, files=read_split(base, split), **kwargs)
+
+        self.train_set = make(cfg.data, cfg.train_split, True)
+        val_root = cfg.val_data or cfg.data
+        self.val_set = make(val_root, cfg.val_split, False) if cfg.val_split or cfg.val_data else None
+
+    def batch(self, indices: list[int], epoch: int, device: torch.device) -> tuple[Any, ...]:
+        self.train_set.epoch = epoch
+        items = [self.train_set[i] for i in indices]
+        image, mask, labels = (torch.stack([it[k] for it in items]) for k in range(3))
+        if self.cfg.crop_width and self.cfg.crop_width < image.shape[-1]:
+            rng = np.random.default_rng((self.cfg.seed, epoch, indices[0], 7))
+            start = int(rng.integers(0, image.shape[-1] - self.cfg.crop_width + 1))
+            cut = slice(start, start + self.cfg.crop_width)
+            image, mask, labels = image[..., cut], mask[..., cut], labels[..., cut]
+        return image.to(device), mask.to(device), labels.to(device)
+
+    def loss(self, batch: tuple[Any, ...]) -> dict[str, torch.Tensor]:
+        from perception.training.losses import squeezeseg_loss
+
+        image, mask, labels = batch
+        logits = self.model(image, mask)
+        return {"total": squeezeseg_loss(logits.float(), labels, mask[:, 0])}
+
+    @torch.no_grad()
+    def validate(self, device: torch.device) -> dict[str, float]:
+        from perception.training.evaluate import segmentation_metrics
+
+        self.model.eval()
+        preds, gts, masks = [], [], []
+        for i in range(len(self.val_set)):
+            image, mask, labels = self.val_set[i]
+            logits = self.model(image[None].to(device), mask[None].to(device))
+            preds.append(logits.argmax(1)[0].cpu().numpy())
+            gts.append(labels.numpy())
+            masks.append(mask[0].numpy() > 0)
+        self.model.train()
+        return segmentation_metrics(np.stack(preds), np.stack(gts), np.stack(masks)).flat()
+
+    @staticmethod
+    def score(metrics: dict[str, float]) -> float:
+        return float(np.nanmean([metrics.get(f"iou_{c}", np.nan) for c in ("car", "pedestrian", "cyclist")]))
+
+
+class DetectionTask(TrainingTask):
+    name = "det"
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        from perception.camera.anchors import squeezedet_anchors
+        from perception.training.datasets import KittiDetectionDataset
+        from perception.training.nets.squeezedet import squeezedet, squeezedet_plus
+
+        self.cfg = cfg
+        builders = {"squeezedet": squeezedet, "squeezedet+": squeezedet_plus}
+        if cfg.variant not in builders:
+            raise ValueError(f"unknown detector variant {cfg.variant!r}")
+        self.model = builders[cfg.variant]()
+        grid_w, grid_h = self.model.variant.grid
+        self.anchors = squeezedet_anchors(grid_w=grid_w, grid_h=grid_h)
+        self.train_set = KittiDetectionDataset(cfg.data, cfg.train_split, augment=True, drift=cfg.drift, seed=cfg.seed)
+        val_root = cfg.val_data or cfg.data
+        self.val_set = KittiDetectionDataset(val_root, cfg.val_split) if cfg.val_split or cfg.val_data else None
+
+    def batch(self, indices: list[int], epoch: int, device: torch.device) -> tuple[Any, ...]:
+        from perception.training.losses import squeezedet_targets
+
+        self.train_set.epoch = epoch
+        items = [self.train_set[i] for i in indices]
+        targets = [squeezedet_targets(it[1].numpy(), it[2].numpy(), self.anchors) for it in items]
+        stack = [torch.from_numpy(np.stack([getattr(t, k) for t in targets])).to(device)
+                 for k in ("mask", "deltas", "labels", "boxes")]  # fmt: skip
+        return (torch.stack([it[0] for it in items]).to(device), *stack)
+
+    def loss(self, batch: tuple[Any, ...]) -> dict[str, torch.Tensor]:
+        from perception.training.losses import squeezedet_loss
+
+        images, mask, deltas, labels, boxes = batch
+        class_logits, conf, pred_deltas = self.model.split_outputs(self.model(images).float())
+        anchors = torch.from_numpy(self.anchors).to(images.device)
+        return squeezedet_loss(class_logits, conf, pred_deltas, anchors, mask, deltas, labels, boxes)
+
+    @torch.no_grad()
+    def validate(self, device: torch.device) -> dict[str, float]:
+        from perception.camera.boxes import postprocess_detections
+        from perception.evaluation.kitti_object import evaluate_kitti_2d
+        from perception.io import read_image, read_label
+
+        self.model.eval()
+        gt, dt = {}, {}
+        for i, frame_id in enumerate(self.val_set.ids):
+            image = self.val_set[i][0]
+            h, w = read_image(self.val_set.root / "image_2" / f"{frame_id}.png").shape[:2]
+            classes, conf, deltas = self.model.split_outputs(self.model(image[None].to(device)))
+            dets = postprocess_detections(
+                torch.softmax(classes, -1)[0].cpu().numpy(), torch.sigmoid(conf)[0].cpu().numpy(),
+                deltas[0].cpu().numpy(), self.anchors, original_size=(w, h),
+            )  # fmt: skip
+            dt[frame_id] = [d.to_kitti() for d in dets]
+            gt[frame_id] = read_label(self.val_set.root / "label_2" / f"{frame_id}.txt")
+        self.model.train()
+        ap = evaluate_kitti_2d(gt, dt, metric="R40")
+        return {f"ap_{c}_{d}": (v if v is not None else float("nan"))
+                for c in ("car", "pedestrian", "cyclist") for d, v in ap[c].items()}  # fmt: skip
+
+    @staticmethod
+    def score(metrics: dict[str, float]) -> float:
+        return float(metrics.get("ap_car_moderate", float("nan")))
+
+
+class MetricsLog:
+    """Appends metric rows to metrics.jsonl and metrics.csv (and TensorBoard when installed)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.jsonl = run_dir / "metrics.jsonl"
+        self.csv = run_dir / "metrics.csv"
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb: Any = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:
+            self.tb = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        with self.jsonl.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+        new = not self.csv.exists()
+        with self.csv.open("a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(["step", "key", "value"])
+            for key, value in row.items():
+                if key != "step":
+                    writer.writerow([row["step"], key, value])
+        if self.tb is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, int | float) and math.isfinite(value):
+                    self.tb.add_scalar(key, value, row["step"])
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """torch.save into memory, then an atomic write: a kill leaves the previous checkpoint intact."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write(path, lambda handle: handle.write(buffer.getvalue()))
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=False)  # our own file: it holds RNG states
+
+
+def train(
+    cfg: TrainConfig, resume: bool = False, progress: Callable[[int, dict[str, float]], None] | None = None
+) -> dict[str, Any]:
+    """Run (or resume) training; returns a summary with the final and best validation metrics."""
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    task: TrainingTask = SegmentationTask(cfg) if cfg.task == "seg" else DetectionTask(cfg)
+    model = task.model.to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+    def lr_factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        return warm * cfg.lr_decay_factor ** (step // cfg.lr_decay_steps)
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    run_dir = Path(cfg.out)
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(asdict(cfg), sort_keys=False))
+    log = MetricsLog(run_dir)
+    step, best, last_val = 0, -math.inf, {}
+    if resume:
+        last = ckpt_dir / "last.pt"
+        if not last.is_file():
+            raise ValueError(f"{last}: no checkpoint to resume from")
+        state = load_checkpoint(last)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        if device.type == "cuda" and state.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        step, best, last_val = state["step"], state["best_score"], state.get("val_metrics", {})
+
+    stop = {"signal": None}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        stop["signal"] = signum
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def checkpoint(name: str = "last.pt") -> None:
+        save_checkpoint(ckpt_dir / name, {
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+            "step": step, "best_score": best, "val_metrics": last_val, "config": asdict(cfg), "task": cfg.task,
+        })  # fmt: skip
+
+    n = len(task.train_set)
+    per_epoch = max(1, n // cfg.batch_size)
+    validate_every = cfg.validate_every or per_epoch
+    history: list[float] = []
+    t_start, frames = time.perf_counter(), 0
+    try:
+        while step < cfg.steps and stop["signal"] is None:
+            epoch, indices = batch_indices(n, cfg.batch_size, cfg.seed, step)
+            batch = task.batch(indices, epoch, device)
+            with torch.autocast(device.type, enabled=use_amp):
+                losses = task.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(losses["total"]).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = clip_gradients_per_tensor(model.parameters(), cfg.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            frames += len(indices)
+            loss_value = float(losses["total"].detach())
+            history.append(loss_value)
+            if step % cfg.log_every == 0 or step == 1:
+                elapsed = time.perf_counter() - t_start
+                row = {"step": step, "epoch": epoch, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                       "frames_per_s": frames / elapsed if elapsed > 0 else 0.0,
+                       **{f"loss_{k}": float(v.detach()) for k, v in losses.items()}}  # fmt: skip
+                log.write(row)
+                if progress:
+                    progress(step, row)
+            if task.val_set is not None and step % validate_every == 0:
+                last_val = task.validate(device)
+                score = task.score(last_val)
+                log.write({"step": step, **{f"val_{k}": v for k, v in last_val.items()}})
+                if math.isfinite(score) and score > best:
+                    best = score
+                    checkpoint("best.pt")
+            if step % cfg.checkpoint_every == 0:
+                checkpoint()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    checkpoint()
+    if not (ckpt_dir / "best.pt").exists():
+        checkpoint("best.pt")
+    elapsed = time.perf_counter() - t_start
+    return {
+        "step": step,
+        "interrupted_by_signal": stop["signal"],
+        "losses": history,
+        "val_metrics": last_val,
+        "best_score": best,
+        "frames_per_s": frames / elapsed if elapsed > 0 else 0.0,
+        "run_dir": str(run_dir),
+    }
