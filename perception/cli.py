@@ -429,6 +429,39 @@ def eval_det(
         console.print(f"{len(ground_truth)} frames", highlight=False)
 
 
+@eval_app.command("seg")
+@user_errors
+def eval_seg(
+    data: Annotated[Path, typer.Option(help="SqueezeSeg .npy directory, or KITTI layout with velodyne/ + labels/.")],
+    model: Annotated[Path, typer.Option(help="SqueezeSeg ONNX model.")] = DEFAULT_SEG_MODEL,
+    split: Annotated[str | None, typer.Option(help="Evaluate only the frames of ImageSets/SPLIT.txt.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    card: Annotated[str | None, typer.Option(help="Record the result in the model card under this name.")] = None,
+    providers: Annotated[str, typer.Option(help="auto or a list like cuda,cpu.")] = "auto",
+) -> None:
+    """Per-class IoU, precision and recall (percent) of a segmentation model on labelled scans."""
+    from perception.evaluation.model_card import add_metrics
+    from perception.evaluation.segmentation import evaluate_segmenter
+    from perception.runtime.segmenter import Segmenter
+
+    if not model.is_file():
+        raise ValueError(f"{model}: no such model")
+    scores = evaluate_segmenter(Segmenter(model, providers=providers), data, split)
+    table = scores.per_class()
+    if card:
+        command = f"perception eval seg --data {data} --model {model}" + (f" --split {split}" if split else "")
+        add_metrics(model, card, table, command, f"{data} ({scores.frames} scans, {scores.points} points)")
+    if as_json:
+        print(json.dumps({"classes": table, "frames": scores.frames, "points": scores.points}))
+        return
+    out = Table(title=f"{model.name} on {data} ({scores.frames} scans, {scores.points} points)")
+    for col in ("class", "IoU %", "precision %", "recall %", "points"):
+        out.add_column(col)
+    for name, row in table.items():
+        out.add_row(name, *(f"{row[k]:.1f}" for k in ("iou", "precision", "recall")), str(row["points"]))
+    console.print(out)
+
+
 export_app = typer.Typer(help="Export trained models to ONNX (needs the [train] extra).", no_args_is_help=True)
 app.add_typer(export_app, name="export")
 
@@ -457,6 +490,7 @@ def export_seg(
             build_segmentation_model,
             compare_with_onnxruntime,
             export_segmentation_onnx,
+            write_export_card,
         )
     except ImportError as exc:
         raise ValueError(f"export needs the [train] extra ({exc.name} is not installed)") from None
@@ -468,6 +502,9 @@ def export_seg(
     model = build_segmentation_model(checkpoint, crf=crf, crf_iterations=crf_iterations, crf_window=(kh, kw), seed=seed)
     metadata = {"weights": str(checkpoint) if checkpoint else f"freshly initialised (seed {seed}), untrained"}
     path = export_segmentation_onnx(model, out, spec, opset=opset, metadata=metadata)
+    arch = "SqueezeSeg" + (f" + recurrent CRF ({crf_iterations} iterations, {kh}x{kw})" if crf else "")
+    write_export_card(model, path, "segmentation", arch, f"range image 5 x {spec.height} x {spec.width} ({spec.name})",
+                      opset, checkpoint)  # fmt: skip
     rng = np.random.default_rng(seed)
     image = (rng.normal(size=(1, 5, *spec.shape)) * 10).astype(np.float32)
     mask = (rng.random((1, 1, *spec.shape)) > 0.1).astype(np.float32)
@@ -500,12 +537,14 @@ def export_det(
             build_detection_model,
             compare_detection_with_onnxruntime,
             export_detection_onnx,
+            write_export_card,
         )
     except ImportError as exc:
         raise ValueError(f"export needs the [train] extra ({exc.name} is not installed)") from None
     model = build_detection_model(variant, checkpoint, seed=seed)
     metadata = {"weights": str(checkpoint) if checkpoint else f"freshly initialised (seed {seed}), untrained"}
     path = export_detection_onnx(model, out, opset=opset, metadata=metadata)
+    write_export_card(model, path, "detection", model.variant.name, "RGB image 3 x 384 x 1248", opset, checkpoint)
     image = (np.random.default_rng(seed).random((1, 3, 384, 1248)) * 255).astype(np.float32)
     diff = compare_detection_with_onnxruntime(model, path, image)
     console.print(

@@ -246,3 +246,46 @@ def compare_detection_with_onnxruntime(
     with torch.no_grad():
         torch_out = _DetectionGraph(model.eval())(torch.from_numpy(image))
     return float(max(np.max(np.abs(t.numpy() - o)) for t, o in zip(torch_out, ort_out, strict=True)))
+
+
+def write_export_card(
+    model: torch.nn.Module,
+    onnx_path: str | os.PathLike[str],
+    task: str,
+    architecture: str,
+    input_desc: str,
+    opset: int,
+    checkpoint: str | os.PathLike[str] | None,
+) -> dict[str, Any]:
+    """Write the model card for a fresh export: what the model is and what it was trained on (metrics come later)."""
+    from perception.evaluation.model_card import write_card
+
+    path = Path(onnx_path)
+    card: dict[str, Any] = {
+        "name": path.stem,
+        "task": task,
+        "architecture": architecture,
+        "input": input_desc,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "onnx_opset": opset,
+        "sha256": sha256_file(path),
+        "file_size_bytes": path.stat().st_size,
+    }
+    if checkpoint is None:
+        card["training"] = {}
+        card["notes"] = "Freshly initialised weights: an untrained model, for tests and benchmarks only."
+    else:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)  # our own trainer's checkpoint
+        config = state.get("config", {}) if isinstance(state, dict) else {}
+        card["training"] = {
+            "checkpoint": str(checkpoint),
+            "data": config.get("data", "unknown"),
+            "data_kind": config.get("extra", {}).get("data_kind", "unknown"),
+            "steps": state.get("step") if isinstance(state, dict) else None,
+            "batch_size": config.get("batch_size"),
+            "crop_width": config.get("crop_width"),
+            "lr": config.get("lr"),
+            "validation_at_training": state.get("val_metrics", {}) if isinstance(state, dict) else {},
+        }
+    write_card(path, card)
+    return card
