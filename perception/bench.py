@@ -210,7 +210,49 @@ def bench_lidar_pipeline(repeats: int) -> dict[str, object]:
     return res
 
 
+def bench_det(repeats: int) -> dict[str, object]:
+    """SqueezeDet at 1248 x 384, batch 1: ONNX Runtime (CPU) vs torch eager, and decode + NMS on its output."""
+    import tempfile
+    from pathlib import Path
+
+    import onnxruntime as ort
+
+    from perception.camera.anchors import squeezedet_anchors
+    from perception.camera.boxes import postprocess_detections
+
+    image = (np.random.default_rng(0).random((1, 3, 384, 1248)) * 255).astype(np.float32)
+    anchors = squeezedet_anchors()
+    try:
+        import torch
+
+        from perception.training.export import build_detection_model, export_detection_onnx
+    except ImportError:
+        return {"median_ms": float("nan"), "p90_ms": float("nan"), "p99_ms": float("nan"), "runs": 0,
+                "notes": "skipped: needs torch ([train])"}  # fmt: skip
+    model = build_detection_model("squeezedet", seed=0)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_detection_onnx(model, Path(tmp) / "det.onnx")
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        res: dict[str, object] = dict(time_function(lambda: session.run(None, {"image": image}), repeats))
+        probs, conf, deltas = session.run(None, {"image": image})
+    with torch.inference_mode():
+        eager = time_function(lambda: model(torch.from_numpy(image)), max(3, repeats // 5), warmup=2)
+    post = time_function(
+        lambda: postprocess_detections(probs[0], conf[0], deltas[0], anchors, original_size=(1242, 375)), repeats
+    )
+    res.update(
+        {
+            "torch_eager_median_ms": eager["median_ms"],
+            "ort_vs_torch_eager_speedup": eager["median_ms"] / float(res["median_ms"]),  # type: ignore[arg-type]
+            "decode_nms_median_ms": post["median_ms"],
+            "notes": f"ORT CPU; torch eager {eager['median_ms']:.1f} ms; decode+NMS {post['median_ms']:.1f} ms",
+        }
+    )
+    return res
+
+
 BENCHMARKS: dict[str, Callable[[int], dict[str, object]]] = {
+    "det": bench_det,
     "projection": bench_projection,
     "seg": bench_seg,
     "cluster": bench_clustering,

@@ -261,3 +261,53 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
 def test_default_calibration_is_identity():
     calib = Calibration()
     np.testing.assert_array_equal(calib.velo_to_rect(np.array([[1.0, 2.0, 3.0]])), [[1.0, 2.0, 3.0]])
+
+
+def _png_bytes(array: np.ndarray, mode: str | None = None) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array, mode=mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: b"", "empty file"),
+        (lambda: b"not an image at all", "not a PNG or JPEG"),
+        (lambda: _png_bytes(np.zeros((20, 30), np.uint16) + 1000), "16-bit"),
+        (lambda: _png_bytes(np.zeros((20, 30), np.uint8)), "grayscale"),
+    ],
+)
+def test_bad_images_are_refused_clearly(make, message):
+    from perception.io import decode_image
+
+    with pytest.raises(MalformedFileError, match=message):
+        decode_image(make(), "frame.png")
+
+
+def test_huge_image_dimensions_are_refused_before_decoding():
+    import struct
+    import zlib
+
+    from perception.io import decode_image
+
+    # a valid PNG header claiming 100000 x 100000 pixels (the pixel data is never read)
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 100000, 100000, 8, 2, 0, 0, 0))
+    with pytest.raises(MalformedFileError, match="too large"):
+        decode_image(png + chunk(b"IEND", b""), "huge.png")
+
+
+def test_grayscale_allowed_on_request_and_rgba_loses_alpha():
+    from perception.io import decode_image
+
+    grey = decode_image(_png_bytes(np.full((4, 5), 7, np.uint8)), allow_grayscale=True)
+    assert grey.shape == (4, 5, 3) and (grey == 7).all()
+    rgba = decode_image(_png_bytes(np.full((4, 5, 4), 9, np.uint8)))
+    assert rgba.shape == (4, 5, 3)

@@ -16,16 +16,36 @@ PathLike = str | os.PathLike[str]
 MAX_IMAGE_PIXELS = 8192 * 8192
 
 
-def decode_image(data: bytes, source: PathLike = "<bytes>") -> np.ndarray:
-    """PNG/JPEG bytes to uint8 RGB (H, W, 3); grey and RGBA images are converted."""
+COLOUR_MODES = {"RGB", "RGBA", "P", "CMYK", "YCbCr"}
+
+
+def decode_image(data: bytes, source: PathLike = "<bytes>", allow_grayscale: bool = False) -> np.ndarray:
+    """PNG/JPEG bytes to uint8 RGB (H, W, 3).
+
+    8-bit colour images (RGB, RGBA without its alpha, palette) are accepted. Grayscale images are
+    refused unless ``allow_grayscale`` (the camera models were trained on colour), and 16-bit or float
+    images are refused: their scaling to 8 bits is the caller's decision, not ours.
+    """
+    if not data:
+        raise MalformedFileError(source, "empty file (0 bytes), not an image")
     try:
         with Image.open(io.BytesIO(data)) as img:
+            if img.width == 0 or img.height == 0:
+                raise MalformedFileError(source, f"image of {img.width} x {img.height} pixels is empty")
             if img.width * img.height > MAX_IMAGE_PIXELS:
                 raise MalformedFileError(source, f"image of {img.width} x {img.height} pixels is too large")
+            if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                raise MalformedFileError(source, f"{img.mode} image (16-bit or float): convert it to 8-bit RGB first")
+            if img.mode not in COLOUR_MODES and not (allow_grayscale and img.mode in ("L", "LA", "1")):
+                raise MalformedFileError(
+                    source, f"grayscale image (mode {img.mode}); the camera models need colour RGB"
+                )
             rgb = img.convert("RGB")
             rgb.load()
     except UnidentifiedImageError:
         raise MalformedFileError(source, "not a PNG or JPEG image") from None
+    except Image.DecompressionBombError as exc:
+        raise MalformedFileError(source, f"image too large ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, MalformedFileError):
             raise
