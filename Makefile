@@ -18,7 +18,7 @@ $(VENV)/.runtime-installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet $(TORCH_CPU)
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,train,ros]'
 	touch $@ $(VENV)/.runtime-installed
 
 # open3d (the [train] extra) needs libusb at import time; Docker images also need libgl1 libgomp1.

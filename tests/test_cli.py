@@ -85,7 +85,7 @@ def test_bad_input_gives_one_error_line(tmp_path, args, message):
 
 
 def test_simulate_matches_committed_sample(tmp_path):
-    res = run_cli("simulate", "--out", str(tmp_path), "--frames", "1", "--seed", "0")
+    res = run_cli("simulate", "--world", "analytic", "--out", str(tmp_path), "--frames", "1", "--seed", "0")
     assert res.returncode == 0, res.stderr
     fresh = read_velodyne_bin(tmp_path / "velodyne" / "000000.bin")
     committed = read_velodyne_bin(SAMPLE_DIR / "velodyne" / "000000.bin")
