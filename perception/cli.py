@@ -59,6 +59,32 @@ def root(
 
 @app.command()
 @user_errors
+def serve(
+    host: Annotated[str | None, typer.Option(help="REST/WebSocket bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="REST/WebSocket port (default 8000; 0 = any free port).")] = None,
+    grpc_port: Annotated[int | None, typer.Option(help="gRPC port (default 50051; 0 = any free port).")] = None,
+    seg_model: Annotated[str | None, typer.Option(help="SqueezeSeg ONNX model ('none' turns LiDAR off).")] = None,
+    det_model: Annotated[str | None, typer.Option(help="SqueezeDet ONNX model ('none' turns camera off).")] = None,
+    providers: Annotated[str | None, typer.Option(help="auto (TensorRT -> CUDA -> CPU) or a list.")] = None,
+) -> None:
+    """Run the perception service: REST + WebSocket (FastAPI) and gRPC, on the shipped models.
+
+    Every option can also come from the environment (PERCEPTION_PORT, PERCEPTION_API_KEY, ...).
+    """
+    from perception.service.server import run_server
+    from perception.service.settings import Settings
+
+    options = {"host": host, "port": port, "grpc_port": grpc_port, "seg_model": seg_model, "det_model": det_model,
+               "providers": providers}  # fmt: skip
+    try:
+        settings = Settings(**{k: v for k, v in options.items() if v is not None})
+    except Exception as exc:  # pydantic's ValidationError: one line per bad field
+        raise ValueError(f"bad service settings: {exc}".replace("\n", "; ")) from None
+    run_server(settings)
+
+
+@app.command()
+@user_errors
 def project(
     scan: Annotated[Path, typer.Argument(help="Point cloud: KITTI .bin, .pcd, .ply or (N, 4) .npy.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output SqueezeSeg tensor (H, W, 6) .npy.")],
@@ -196,24 +222,53 @@ def bench(
 @app.command()
 @user_errors
 def simulate(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (KITTI layout: velodyne/, ...).")],
-    frames: Annotated[int, typer.Option(min=1, max=100000, help="Number of scans.")] = 1,
-    seed: Annotated[int, typer.Option(help="Seed of the first frame; frame k uses seed + k.")] = 0,
+    out: Annotated[
+        Path, typer.Option("--out", "-o", help="Output directory (KITTI layout: velodyne/, image_2/, ...).")
+    ],
+    frames: Annotated[int, typer.Option(min=1, max=100000, help="Number of frames.")] = 1,
+    seed: Annotated[int, typer.Option(help="Dataset seed; each frame's seed is derived from it and its index.")] = 0,
+    config: Annotated[str, typer.Option(help="Scene preset (urban, highway) or a YAML/JSON scene config.")] = "urban",
     sensor: Annotated[str, typer.Option(help="Sensor name or spec file.")] = "hdl64e-360",
+    camera: Annotated[bool, typer.Option("--camera/--no-camera", help="Render camera frames and 2D labels.")] = True,
+    world: Annotated[
+        str, typer.Option(help="mesh (open3d ray casting, [train] extra) or analytic (numpy boxes, no camera).")
+    ] = "mesh",
 ) -> None:
-    """Ray cast street scans (analytic ground + boxes) into velodyne/*.bin with per-point labels."""
-    from perception.io import write_velodyne_bin
-    from perception.io.labels import write_point_labels
+    """Generate synthetic driving frames: ray-cast LiDAR scans, camera images and KITTI-format labels."""
     from perception.lidar.sensors import load_sensor
-    from perception.sim.analytic import cast_scan, street_scene
 
     spec = load_sensor(sensor)
-    for k in range(frames):
-        scan = cast_scan(spec, street_scene(seed + k), seed=seed + k)
-        frame_id = f"{k:06d}"
-        write_velodyne_bin(out / "velodyne" / f"{frame_id}.bin", scan.points)
-        write_point_labels(out / "labels" / f"{frame_id}.label", scan.labels, scan.instances)
-        console.print(f"{frame_id}: {len(scan.points)} points", highlight=False)
+    if world == "analytic":
+        from perception.io import write_velodyne_bin
+        from perception.io.labels import write_point_labels
+        from perception.sim.analytic import cast_scan, street_scene
+
+        for k in range(frames):
+            scan = cast_scan(spec, street_scene(seed + k), seed=seed + k)
+            frame_id = f"{k:06d}"
+            write_velodyne_bin(out / "velodyne" / f"{frame_id}.bin", scan.points)
+            write_point_labels(out / "labels" / f"{frame_id}.label", scan.labels, scan.instances)
+            console.print(f"{frame_id}: {len(scan.points)} points", highlight=False)
+        return
+    if world != "mesh":
+        raise ValueError(f"--world must be mesh or analytic, got {world!r}")
+    try:
+        from perception.sim.dataset import generate_dataset
+    except ImportError as exc:
+        raise ValueError(f"the mesh world needs the [train] extra ({exc.name} is not installed)") from None
+
+    def progress(frame) -> None:
+        console.print(
+            f"{frame.frame_id}: {len(frame.scan.points)} points, {len(frame.label_objects)} labelled objects, "
+            f"{sum(frame.timings_ms.values()):.0f} ms",
+            highlight=False,
+        )
+
+    try:
+        generate_dataset(out, config, frames=frames, seed=seed, sensor=spec, camera=camera, progress=progress)
+    except ImportError as exc:
+        raise ValueError(str(exc)) from None
+    console.print(f"wrote {frames} frames to {out} (manifest.json regenerates any of them)", highlight=False)
 
 
 DEFAULT_SEG_MODEL = Path("models/squeezeseg_kitti-front.onnx")
