@@ -1,0 +1,88 @@
+"""``perception bench``: the FP32 matmul probe, model FLOPs / GFLOP/s and the INT8 vs FP32 comparison (keys only:
+no wall-clock asserts)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from perception import bench
+
+
+def test_matmul_probe_reports_the_rate_its_own_timing_implies():
+    probe = bench.matmul_probe(size=64, runs=3)
+    assert probe["runs"] == 3 and probe["size"] == 64 and probe["blas"]
+    assert probe["gflop_per_product"] == pytest.approx(2 * 64**3 / 1e9)
+    assert probe["gflops_per_s"] == pytest.approx(2 * 64**3 / (probe["median_ms"] / 1e3) / 1e9)
+    with pytest.raises(ValueError, match="size"):
+        bench.matmul_probe(size=0)
+
+
+def test_projection_alone_does_not_run_the_probe():
+    out = bench.run_benchmarks(["projection"], repeats=3)
+    assert "matmul_probe" not in out and out["benchmarks"]["projection"]["runs"] == 3
+
+
+def test_seg_bench_reports_flops_probe_fraction_and_int8_speedup(monkeypatch):
+    pytest.importorskip("torch", reason="the seg bench exports fresh models with torch ([train] extra)")
+    pytest.importorskip("onnx", reason="FLOPs and INT8 need the onnx package ([train] extra)")
+    monkeypatch.setattr(bench, "CALIBRATION_FRAMES", 1)
+    out = bench.run_benchmarks(["seg"], repeats=3, probe_size=128, torch_eager=False)
+    json.dumps(out)  # what --json prints
+    probe = out["matmul_probe"]
+    assert probe["size"] == 128 and probe["gflops_per_s"] > 0
+    seg = out["benchmarks"]["seg"]
+    assert seg["matmul_probe_gflops_per_s"] == probe["gflops_per_s"]
+    assert seg["ort_without_crf_gflop"] == pytest.approx(5.811208192)  # the hand count of tests/test_perf_flops.py
+    assert 5.9 < seg["ort_gflop"] < 6.2 and seg["int8_gflop"] == seg["ort_gflop"]  # + CRF; INT8 does the same work
+    for prefix, ms in (("ort", seg["median_ms"]), ("ort_without_crf", seg["ort_without_crf_median_ms"])):
+        rate = seg[f"{prefix}_gflop"] / (ms / 1e3)
+        assert seg[f"{prefix}_achieved_gflops_per_s"] == pytest.approx(rate)
+        assert seg[f"{prefix}_vs_matmul_probe_speedup"] == pytest.approx(rate / probe["gflops_per_s"])
+    assert seg["int8_vs_fp32_speedup"] == pytest.approx(seg["median_ms"] / seg["int8_median_ms"])
+    assert "quantised now" in seg["int8_model"] and "1 analytic street scans" in seg["int8_model"]
+    assert 0.5 < seg["int8_argmax_agreement"] <= 1.0
+    ratios = [k for k in seg if "_vs_" in k]  # every ratio key says speedup
+    assert {"ort_vs_matmul_probe_speedup", "int8_vs_fp32_speedup", "int8_vs_matmul_probe_speedup"} <= set(ratios)
+    assert all(k.endswith("_speedup") for k in ratios)
+    assert all(math.isfinite(seg[k]) and seg[k] > 0 for k in ratios)
+    assert "torch_eager_with_crf_median_ms" not in seg and "torch eager not timed" in seg["notes"]
+    assert "GFLOP/s" in seg["notes"] and "% of matmul probe" in seg["notes"] and "INT8" in seg["notes"]
+
+
+def test_an_existing_int8_file_is_compared_as_it_is(tmp_path):
+    """The shipped-model path of the bench: an INT8 file beside the model is timed and compared, not remade."""
+    onnx = pytest.importorskip("onnx", reason="quantisation needs the onnx package ([train] extra)")
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from perception.runtime.quantize import int8_model_path, quantize_model
+
+    rng = np.random.default_rng(0)
+    weights = numpy_helper.from_array(rng.normal(size=(8, 3, 3, 3)).astype(np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["y"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("Transpose", ["y"], ["class_probs"], perm=[0, 2, 3, 1])],
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("class_probs", TensorProto.FLOAT, [1, 16, 16, 8])],
+        [weights],
+    )  # fmt: skip
+    model = tmp_path / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    feeds = {"image": rng.normal(size=(1, 3, 16, 16)).astype(np.float32)}
+    quantize_model(model, int8_model_path(model), [feeds], max_frames=1, write_card=False)
+    before = int8_model_path(model).stat().st_mtime_ns
+    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    ctx = bench.BenchContext(matmul_gflops_per_s=10.0)
+    fields = bench._int8_comparison("det", model, session, feeds, "class_probs", 100.0, 3, ctx, tmp_path,
+                                    existing=int8_model_path(model))  # fmt: skip
+    assert int8_model_path(model).stat().st_mtime_ns == before
+    assert fields["int8_model"] == str(int8_model_path(model))
+    assert fields["int8_vs_fp32_speedup"] == pytest.approx(100.0 / fields["int8_median_ms"])
+    assert fields["int8_gflop"] == pytest.approx(2 * 8 * 16 * 16 * 3 * 9 / 1e9)
+    assert fields["int8_vs_matmul_probe_speedup"] == pytest.approx(fields["int8_achieved_gflops_per_s"] / 10.0)
+    assert 0.8 < fields["int8_argmax_agreement"] <= 1.0
