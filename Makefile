@@ -1,5 +1,5 @@
 # One command to run the main job, one to run the tests; both set up .venv first.
-#   make run    perception on the bundled sample (the service once models ship)
+#   make run    the perception service on the shipped models (REST :8000, gRPC :50051)
 #   make test   the whole test suite (what .ci/run calls)
 PYTHON ?= python3
 VENV ?= .venv
@@ -21,15 +21,16 @@ $(VENV)/.test-installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev,train,ros]'
 	touch $@ $(VENV)/.runtime-installed
 
-# open3d (the [train] extra) needs libusb at import time; Docker images also need libgl1 libgomp1.
+# open3d (the [train] extra) needs libusb at import time; the viewer's browser test drives Debian's chromium
+# through chromedriver. Docker images also need libgl1 libgomp1.
+SYSTEM_PACKAGES := libusb-1.0-0 chromium chromium-driver
 system-deps:
-	@dpkg -s libusb-1.0-0 >/dev/null 2>&1 || { \
+	@dpkg -s $(SYSTEM_PACKAGES) >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq libusb-1.0-0; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES); }
 
 run: $(VENV)/.runtime-installed
-	$(BIN)/perception project sim_data/sample/velodyne/000000.bin \
-	  --labels sim_data/sample/labels/000000.label --sensor kitti-front --out out/sample_000000.npy
+	$(BIN)/perception serve
 
 test: system-deps $(VENV)/.test-installed
 	$(BIN)/ruff check perception tests

@@ -35,7 +35,12 @@ def user_errors(func: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return func(*args, **kwargs)
-        except (ValueError, OSError) as exc:
+        except Exception as exc:
+            if not isinstance(exc, (ValueError, OSError)):
+                from perception.runtime.session import ModelLoadError
+
+                if not isinstance(exc, ModelLoadError):
+                    raise
             err_console.print(f"error: {exc}", markup=False, highlight=False, soft_wrap=True)
             raise typer.Exit(code=2) from None
 
@@ -66,16 +71,23 @@ def serve(
     seg_model: Annotated[str | None, typer.Option(help="SqueezeSeg ONNX model ('none' turns LiDAR off).")] = None,
     det_model: Annotated[str | None, typer.Option(help="SqueezeDet ONNX model ('none' turns camera off).")] = None,
     providers: Annotated[str | None, typer.Option(help="auto (TensorRT -> CUDA -> CPU) or a list.")] = None,
+    trt_precision: Annotated[str | None, typer.Option(help="TensorRT precision: fp32, fp16 (default) or int8.")] = None,
+    trt_cache_dir: Annotated[str | None, typer.Option(help="TensorRT engine cache (see `export trt`).")] = None,
+    precision: Annotated[
+        str | None, typer.Option(help="Model files: fp32 (default) or int8 (NAME.int8.onnx, see `quantize`).")
+    ] = None,
 ) -> None:
     """Run the perception service: REST + WebSocket (FastAPI) and gRPC, on the shipped models.
 
+    A live viewer of what the service processes is at http://HOST:PORT/viewer (a browser page, offline).
     Every option can also come from the environment (PERCEPTION_PORT, PERCEPTION_API_KEY, ...).
     """
     from perception.service.server import run_server
     from perception.service.settings import Settings
 
     options = {"host": host, "port": port, "grpc_port": grpc_port, "seg_model": seg_model, "det_model": det_model,
-               "providers": providers}  # fmt: skip
+               "providers": providers, "trt_precision": trt_precision, "trt_cache_dir": trt_cache_dir,
+               "precision": precision}  # fmt: skip
     try:
         settings = Settings(**{k: v for k, v in options.items() if v is not None})
     except Exception as exc:  # pydantic's ValidationError: one line per bad field
@@ -176,7 +188,7 @@ def info(
             "parameters: " + ", ".join(f"{name} {count:,}" for name, count in architectures.items()), highlight=False
         )
     else:
-        console.print("parameters: install the [train] extra (torch) to count them", highlight=False)
+        console.print("parameters: install the [train] extra (torch) to count them", highlight=False, markup=False)
 
 
 def _architecture_parameters() -> dict[str, int]:
@@ -197,7 +209,9 @@ def _architecture_parameters() -> dict[str, int]:
 @app.command()
 @user_errors
 def bench(
-    target: Annotated[str, typer.Argument(help="What to measure: all or projection.")] = "all",
+    target: Annotated[
+        str, typer.Argument(help="What to measure: all, projection, seg, cluster, lidar-pipeline or det.")
+    ] = "all",
     repeats: Annotated[int, typer.Option(min=3, help="Timed runs after warm-up.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
@@ -217,6 +231,74 @@ def bench(
         table.add_row(name, f"{res['median_ms']:.2f}", f"{res['p90_ms']:.2f}", f"{res['p99_ms']:.2f}", res["notes"])
     console.print(table)
     console.print(f"machine: {results['machine']}", highlight=False)
+    if "matmul_probe" in results:
+        probe = results["matmul_probe"]
+        console.print(f"FP32 matmul probe ({probe['size']}^2 float32, {probe['blas']}): "
+                      f"{probe['gflops_per_s']:.1f} GFLOP/s", highlight=False)  # fmt: skip
+
+
+@app.command()
+@user_errors
+def quantize(
+    task: Annotated[str, typer.Argument(help="seg (SqueezeSeg) or det (SqueezeDet).")],
+    model: Annotated[Path, typer.Option(help="The FP32 ONNX model.")],
+    data: Annotated[
+        Path,
+        typer.Option(help="Calibration frames: labelled scans (seg, as `eval seg --data`) or KITTI layout (det)."),
+    ],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="INT8 model (default: beside MODEL as NAME.int8.onnx).")
+    ] = None,
+    frames: Annotated[int, typer.Option(min=1, help="Calibration frames at most.")] = 32,
+    split: Annotated[str | None, typer.Option(help="Calibrate on the frames of ImageSets/SPLIT.txt only.")] = None,
+    crf: Annotated[str, typer.Option(help="seg: keep the recurrent CRF in fp32 (default) or quantise it (int8).")] = (
+        "fp32"
+    ),
+    conv_only: Annotated[
+        bool, typer.Option("--conv-only", help="Quantise only Conv/ConvTranspose (default: every op ORT can).")
+    ] = False,
+    reduce_range: Annotated[
+        bool, typer.Option("--reduce-range/--full-range", help="7-bit weights: safe on x86 CPUs without VNNI.")
+    ] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """INT8 static quantisation (QDQ, per-channel weights) for ONNX Runtime, calibrated on real frames.
+
+    Writes the INT8 model atomically and a model card beside it (NAME.int8.json / .md). Serve it with
+    PERCEPTION_PRECISION=int8, which loads NAME.int8.onnx beside each configured model. Needs the onnx
+    package (the train extra).
+    """
+    from perception.runtime.quantize import calibration_feeds, int8_model_path, quantize_model
+    from perception.runtime.session import ModelLoadError
+
+    if task not in ("seg", "det"):
+        raise ValueError(f"task must be seg or det, got {task!r}")
+    if crf not in ("fp32", "int8"):
+        raise ValueError(f"--crf must be fp32 or int8, got {crf!r}")
+    if not model.is_file():
+        raise ValueError(f"{model}: no such model")
+    if not data.is_dir():
+        raise ValueError(f"{data}: no such calibration directory")
+    target = out if out is not None else int8_model_path(model)
+    try:
+        feeds = calibration_feeds(task, model, data, split)  # type: ignore[arg-type]
+        report = quantize_model(
+            model, target, feeds, max_frames=frames, task=task, data=str(data) + (f" (split {split})" if split else ""),
+            keep_crf_fp32=crf == "fp32", op_types=["Conv", "ConvTranspose"] if conv_only else None,
+            reduce_range=reduce_range,
+        )  # fmt: skip
+    except ModelLoadError as exc:
+        raise ValueError(str(exc)) from None
+    if as_json:
+        print(json.dumps(report.to_dict()))
+        return
+    kept = f"; {report.crf_nodes} CRF nodes kept FP32" if report.crf_nodes else ""
+    console.print(
+        f"wrote {report.out} ({report.int8_bytes / 1e6:.1f} MB, FP32 {report.fp32_bytes / 1e6:.1f} MB): INT8 QDQ, "
+        f"{report.qdq_tensors} quantised tensors{kept}; calibrated on {report.frames} frames of {data} in "
+        f"{report.seconds:.1f} s; card {report.out.with_suffix('.json')}",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -231,7 +313,7 @@ def simulate(
     sensor: Annotated[str, typer.Option(help="Sensor name or spec file.")] = "hdl64e-360",
     camera: Annotated[bool, typer.Option("--camera/--no-camera", help="Render camera frames and 2D labels.")] = True,
     world: Annotated[
-        str, typer.Option(help="mesh (open3d ray casting, [train] extra) or analytic (numpy boxes, no camera).")
+        str, typer.Option(help="mesh (open3d ray casting, the train extra) or analytic (numpy boxes, no camera).")
     ] = "mesh",
 ) -> None:
     """Generate synthetic driving frames: ray-cast LiDAR scans, camera images and KITTI-format labels."""
@@ -416,7 +498,7 @@ def train(
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from RUN_DIR/checkpoints/last.pt.")] = False,
 ) -> None:
-    """Train SqueezeSeg or SqueezeDet (needs the [train] extra); Ctrl-C saves a checkpoint and stops."""
+    """Train SqueezeSeg or SqueezeDet (needs the train extra); Ctrl-C saves a checkpoint and stops."""
     try:
         from perception.training.train import TrainConfig
         from perception.training.train import train as run_training
@@ -458,30 +540,66 @@ app.add_typer(eval_app, name="eval")
 @eval_app.command("det")
 @user_errors
 def eval_det(
-    gt: Annotated[Path, typer.Option("--gt", help="Ground-truth label_2 directory.")],
-    pred: Annotated[Path, typer.Option("--pred", help="Predictions: KITTI result files (16 fields) per frame.")],
+    gt: Annotated[Path | None, typer.Option("--gt", help="Ground-truth label_2 directory (with --pred).")] = None,
+    pred: Annotated[
+        Path | None, typer.Option("--pred", help="Predictions: KITTI result files (16 fields) per frame.")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="KITTI layout (image_2/ + label_2/) to run --model on, instead of --gt/--pred.")
+    ] = None,
+    model: Annotated[Path, typer.Option(help="SqueezeDet ONNX model (with --data).")] = DEFAULT_DET_MODEL,
+    split: Annotated[str | None, typer.Option(help="With --data: only the frames of ImageSets/SPLIT.txt.")] = None,
     metric: Annotated[str, typer.Option(help="R40 (the benchmark's since 2019) or 11 (older tables).")] = "R40",
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    card: Annotated[str | None, typer.Option(help="With --data: record the result in the model card.")] = None,
+    providers: Annotated[str, typer.Option(help="auto or a list like cuda,cpu.")] = "auto",
 ) -> None:
-    """KITTI 2D object detection AP (official protocol) for car, pedestrian and cyclist."""
+    """KITTI 2D object detection AP (official protocol) for car, pedestrian and cyclist.
+
+    Either score result files (--gt LABEL_DIR --pred RESULT_DIR) or run a model on a dataset (--data DIR).
+    """
     from perception.evaluation.kitti_object import evaluate_kitti_2d, format_results, load_label_dir
 
     if metric not in ("R40", "11"):
         raise ValueError(f"--metric must be R40 or 11, got {metric!r}")
-    if not gt.is_dir():
-        raise ValueError(f"{gt}: not a directory of KITTI label files")
-    if not pred.is_dir():
-        raise ValueError(f"{pred}: not a directory of KITTI result files")
-    ground_truth = load_label_dir(gt)
-    if not ground_truth:
-        raise ValueError(f"{gt}: holds no .txt label files")
-    predictions = load_label_dir(pred, frame_ids=list(ground_truth))
-    results = evaluate_kitti_2d(ground_truth, predictions, metric=metric)  # type: ignore[arg-type]
+    if data is not None:
+        if gt is not None or pred is not None:
+            raise ValueError("give either --data (and --model) or --gt and --pred, not both")
+        from perception.evaluation.detection import evaluate_detector
+        from perception.evaluation.model_card import add_metrics
+        from perception.runtime.detector import Detector
+
+        if not model.is_file():
+            raise ValueError(f"{model}: no such model")
+        if not data.is_dir():
+            raise ValueError(f"{data}: not a directory")
+        scores = evaluate_detector(Detector(model, providers=providers), data, split, metric)  # type: ignore[arg-type]
+        results = scores.results
+        if card:
+            command = f"perception eval det --data {data} --model {model} --metric {metric}" + (
+                f" --split {split}" if split else ""
+            )
+            boxes = ", ".join(f"{n} {k}" for k, n in sorted(scores.ground_truth.items()))
+            add_metrics(model, card, scores.table(), command, f"{data} ({scores.frames} frames; {boxes})")
+        frames = scores.frames
+    else:
+        if gt is None or pred is None:
+            raise ValueError("give --gt LABEL_DIR and --pred RESULT_DIR, or --data DIR with --model")
+        if not gt.is_dir():
+            raise ValueError(f"{gt}: not a directory of KITTI label files")
+        if not pred.is_dir():
+            raise ValueError(f"{pred}: not a directory of KITTI result files")
+        ground_truth = load_label_dir(gt)
+        if not ground_truth:
+            raise ValueError(f"{gt}: holds no .txt label files")
+        predictions = load_label_dir(pred, frame_ids=list(ground_truth))
+        results = evaluate_kitti_2d(ground_truth, predictions, metric=metric)  # type: ignore[arg-type]
+        frames = len(ground_truth)
     if as_json:
-        print(json.dumps(results))
+        print(json.dumps({**results, "frames": frames}))
     else:
         console.print(format_results(results), highlight=False)
-        console.print(f"{len(ground_truth)} frames", highlight=False)
+        console.print(f"{frames} frames", highlight=False)
 
 
 @eval_app.command("seg")
@@ -517,7 +635,9 @@ def eval_seg(
     console.print(out)
 
 
-export_app = typer.Typer(help="Export trained models to ONNX (needs the [train] extra).", no_args_is_help=True)
+export_app = typer.Typer(
+    help="Export trained models to ONNX (needs the train extra); build TensorRT engines (trt).", no_args_is_help=True
+)
 app.add_typer(export_app, name="export")
 
 
@@ -609,6 +729,297 @@ def export_det(
     )
     if diff > 1e-4:
         raise ValueError(f"ONNX Runtime output differs from torch by {diff:.2e} (> 1e-4)")
+
+
+DEMO_OUT = Path("out/demo")
+DEMO_KITTI = Path("../shared/data/kitti_samples")
+DEMO_RUNS = Path("runs")
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the pictures and index.html.")] = DEMO_OUT,
+    seg_model: Annotated[Path, typer.Option(help="SqueezeSeg ONNX model.")] = DEFAULT_SEG_MODEL,
+    det_model: Annotated[Path, typer.Option(help="SqueezeDet ONNX model.")] = DEFAULT_DET_MODEL,
+    data: Annotated[
+        list[Path] | None, typer.Option(help="KITTI-layout folder (repeatable; default sim_data/sample).")
+    ] = None,
+    kitti_samples: Annotated[
+        Path, typer.Option(help="Real KITTI samples (*.npy, *.png); skipped when absent.")
+    ] = DEMO_KITTI,
+    runs: Annotated[Path, typer.Option(help="Training runs (<run>/metrics.jsonl); skipped when absent.")] = DEMO_RUNS,
+    docs: Annotated[Path | None, typer.Option(help="Also copy the first frame's pictures here (docs/images).")] = None,
+    max_frames: Annotated[int, typer.Option(min=1, help="Frames per data folder at most.")] = 3,
+    plot_threshold: Annotated[float, typer.Option(min=0.0, max=1.0, help="Draw detections with this score.")] = 0.4,
+    providers: Annotated[str, typer.Option(help="auto (TensorRT -> CUDA -> CPU) or a list like cuda,cpu.")] = "auto",
+) -> None:
+    """Run the shipped models on the bundled sample and write pictures + an HTML report (start here)."""
+    from perception.viz.demo import run_demo
+
+    def say(line: str) -> None:
+        console.print(line, highlight=False, soft_wrap=True)
+
+    result = run_demo(
+        out_dir=out, seg_model=seg_model, det_model=det_model, data=data or [Path("sim_data/sample")],
+        kitti_samples=kitti_samples, runs=runs, providers=providers, plot_threshold=plot_threshold,
+        max_frames=max_frames, docs_dir=docs, say=say,
+    )  # fmt: skip
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    console.print(f"open {result.index} ({len(result.all_pictures)} pictures)", highlight=False, soft_wrap=True)
+
+
+@export_app.command("trt")
+@user_errors
+def export_trt(
+    cache_dir: Annotated[
+        Path, typer.Option(help="Engine + timing cache directory (PERCEPTION_TRT_CACHE_DIR of serve).")
+    ],
+    seg_model: Annotated[str, typer.Option(help="SqueezeSeg ONNX model ('none': skip).")] = str(DEFAULT_SEG_MODEL),
+    det_model: Annotated[str, typer.Option(help="SqueezeDet ONNX model ('none': skip).")] = str(DEFAULT_DET_MODEL),
+    precision: Annotated[str, typer.Option(help="fp32, fp16 or int8.")] = "fp16",
+    workspace_mb: Annotated[int, typer.Option(min=1, help="TensorRT builder workspace, MiB.")] = 2048,
+    calibration_seg: Annotated[
+        Path | None, typer.Option(help="int8: labelled scans (as eval seg --data) to calibrate SqueezeSeg on.")
+    ] = None,
+    calibration_det: Annotated[
+        Path | None, typer.Option(help="int8: KITTI layout (image_2/) to calibrate SqueezeDet on.")
+    ] = None,
+    calibration_frames: Annotated[int, typer.Option(min=1, help="int8: calibration frames per model.")] = 64,
+    calibration_split: Annotated[str | None, typer.Option(help="int8: calibrate on ImageSets/SPLIT.txt.")] = None,
+    check_seg: Annotated[
+        Path | None, typer.Option(help="Held-out labelled scans: compare per-class IoU with FP32 on the CPU.")
+    ] = None,
+    check_det: Annotated[
+        Path | None, typer.Option(help="Held-out KITTI layout (image_2/ + label_2/): compare AP with FP32 on the CPU.")
+    ] = None,
+    check_split: Annotated[str | None, typer.Option(help="Check only the frames of ImageSets/SPLIT.txt.")] = None,
+    max_drop: Annotated[
+        float | None, typer.Option(help="Largest allowed per-class IoU/AP drop, points (default fp16 1.0, int8 2.0).")
+    ] = None,
+    providers: Annotated[
+        str, typer.Option(help="Candidate providers; tensorrt builds engines, others only run the check.")
+    ] = "tensorrt",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Build and cache TensorRT engines ahead of time, and check FP16/INT8 accuracy against FP32.
+
+    Run it on the vehicle computer (engines are specific to GPU, TensorRT version and precision), then
+    serve with the same --cache-dir and precision: starts only load the engines. INT8 needs a calibration
+    table per model in the cache: --calibration-seg/--calibration-det make them from real frames (needs
+    onnx, of the train extra; works with --providers cpu, so tables can be made off the vehicle).
+    With --check-seg/--check-det the candidate and FP32 on the CPU run on the same held-out frames (for a
+    NAME.int8.onnx model of `perception quantize`, FP32 is NAME.onnx beside it); the command fails (exit 1)
+    when a class drops by more than --max-drop points.
+    """
+    from perception.runtime.detector import Detector
+    from perception.runtime.segmenter import Segmenter
+    from perception.runtime.session import PRECISIONS, QDQ_SUFFIX, TensorRTOptions, parse_provider_preference
+    from perception.runtime.trt import (
+        MAX_DROP_PP,
+        build_engines,
+        calibrate_int8,
+        check_detection,
+        check_segmentation,
+        detection_feeds,
+        require_tensorrt,
+        segmentation_feeds,
+    )
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    models: dict[str, Path] = {}
+    for stage, value in (("lidar", seg_model), ("camera", det_model)):
+        if value.strip().lower() not in ("", "none"):
+            models[stage] = Path(value)
+            if not models[stage].is_file():
+                raise ValueError(f"{value}: no such model")
+    if not models:
+        raise ValueError("nothing to do: both --seg-model and --det-model are none")
+    wanted = parse_provider_preference(providers)
+    on_trt = wanted[0] == "TensorrtExecutionProvider"
+    if on_trt:
+        require_tensorrt()
+    options = TensorRTOptions(precision=precision, cache_dir=cache_dir, workspace_mb=workspace_mb)  # type: ignore[arg-type]
+    report: dict[str, object] = {"precision": precision, "cache_dir": str(cache_dir), "providers": providers}
+    if precision == "int8":
+        sources = {"lidar": calibration_seg, "camera": calibration_det}
+        for stage, path in models.items():
+            table = options.calibration_table(path)
+            if sources[stage] is None and not (table is not None and table.is_file()):
+                flag = "--calibration-seg" if stage == "lidar" else "--calibration-det"
+                raise ValueError(f"--precision int8 needs {flag} DIR to calibrate {path.name} (or a table at {table})")
+        for stage, path in models.items():
+            if sources[stage] is None:
+                continue  # its table is already in the cache
+            if stage == "lidar":
+                feeds = segmentation_feeds(Segmenter(path, providers="cpu"), sources[stage], calibration_split)  # type: ignore[arg-type]
+            else:
+                feeds = detection_feeds(Detector(path, providers="cpu"), sources[stage], calibration_split)  # type: ignore[arg-type]
+            table = calibrate_int8(path, feeds, options, calibration_frames)
+            report.setdefault("calibration_tables", []).append(str(table))  # type: ignore[union-attr]
+            if not as_json:
+                console.print(f"{path.name}: INT8 calibration table {table}", highlight=False)
+    if on_trt:
+        builds = build_engines(list(models.values()), options)
+        report["engines"] = [b.to_dict() for b in builds]
+        for b in builds if not as_json else []:
+            console.print(f"{b.model.name}: {b.provider} {b.precision} ready, first run {b.first_run_s:.1f} s, "
+                          f"{len(b.cache_files)} new cache files in {cache_dir}", highlight=False)  # fmt: skip
+    limit = MAX_DROP_PP[precision] if max_drop is None else max_drop
+    checks = []
+
+    def fp32_of(path: Path) -> Path:  # a QDQ model (perception quantize) is checked against its FP32 original
+        original = path.with_name(path.name[: -len(QDQ_SUFFIX)] + ".onnx")
+        return original if path.name.endswith(QDQ_SUFFIX) and original.is_file() else path
+
+    if check_seg is not None and "lidar" in models:
+        path = models["lidar"]
+        reference = Segmenter(fp32_of(path), providers="cpu")
+        candidate = Segmenter(path, providers=providers, tensorrt=options)
+        checks.append(check_segmentation(reference, candidate, check_seg, check_split, precision, limit))
+    if check_det is not None and "camera" in models:
+        path = models["camera"]
+        reference_det = Detector(fp32_of(path), providers="cpu")
+        candidate_det = Detector(path, providers=providers, tensorrt=options)
+        checks.append(check_detection(reference_det, candidate_det, check_det, check_split, precision, limit))
+    for check in checks:
+        if check.candidate_provider != wanted[0]:
+            raise ValueError(f"the check asked for {wanted[0]} but the candidate ran on {check.candidate_provider}")
+    report["checks"] = [c.to_dict() for c in checks]
+    if as_json:
+        print(json.dumps(report))
+    for check in checks:
+        if not as_json:
+            title = (
+                f"{check.stage}: {check.metric}, {check.frames} frames, {check.reference_provider} FP32 vs "
+                f"{check.candidate_provider} {check.precision} (max drop {check.max_drop_pp:g})"
+            )
+            out = Table(title=title)
+            for col in ("class", "FP32", check.precision, "drop"):
+                out.add_column(col)
+            for name, ref in check.reference.items():
+                cand, drop = check.candidate.get(name), check.drops[name]
+                out.add_row(name, *("-" if v is None else f"{v:.2f}" for v in (ref, cand, drop)))
+            console.print(out)
+    failed = [c for c in checks if not c.passed]
+    if failed:
+        for c in failed:
+            err_console.print(f"error: {c.stage} {c.precision} drops {c.worst_drop:.2f} points of {c.metric}, more "
+                              f"than the allowed {c.max_drop_pp:g}", markup=False, highlight=False)  # fmt: skip
+        raise typer.Exit(code=1)
+
+
+# --- ROS (the [ros] extra: roslibpy, rosbags; both imported only when a command runs) ------------------
+
+ROS_OUTPUT_TOPIC_OPTIONS = "Output topic ('' turns it off)."
+
+
+@app.command()
+@user_errors
+def ros(
+    rosbridge: Annotated[str, typer.Option(help="rosbridge WebSocket URL, e.g. ws://localhost:9090.")],
+    lidar_topic: Annotated[str | None, typer.Option(help="sensor_msgs/PointCloud2 topic.")] = None,
+    camera_topic: Annotated[str | None, typer.Option(help="sensor_msgs/Image or CompressedImage topic.")] = None,
+    camera_type: Annotated[
+        str, typer.Option(help="auto (CompressedImage when the topic ends in /compressed), raw or compressed.")
+    ] = "auto",
+    ros_version: Annotated[int, typer.Option(help="1 or 2: message layouts and type names.")] = 2,
+    type_name: Annotated[
+        list[str] | None, typer.Option(help="Type name override KEY=TYPE, e.g. sensor_msgs/Image=my/Image; repeatable.")
+    ] = None,
+    service: Annotated[
+        str | None, typer.Option(help="Run frames on the perception service (grpc://HOST:PORT or http://...).")
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(help="API key of the service.")] = None,
+    seg_model: Annotated[Path, typer.Option(help="SqueezeSeg ONNX model (in-process).")] = DEFAULT_SEG_MODEL,
+    det_model: Annotated[Path, typer.Option(help="SqueezeDet ONNX model (in-process).")] = DEFAULT_DET_MODEL,
+    providers: Annotated[str, typer.Option(help="auto (TensorRT -> CUDA -> CPU) or a list like cuda,cpu.")] = "auto",
+    detections_2d_topic: Annotated[str, typer.Option(help=ROS_OUTPUT_TOPIC_OPTIONS)] = "/perception/detections_2d",
+    detections_3d_topic: Annotated[str, typer.Option(help=ROS_OUTPUT_TOPIC_OPTIONS)] = "/perception/detections_3d",
+    points_topic: Annotated[str, typer.Option(help=ROS_OUTPUT_TOPIC_OPTIONS)] = "/perception/labelled_points",
+    markers_topic: Annotated[str, typer.Option(help=ROS_OUTPUT_TOPIC_OPTIONS)] = "/perception/markers",
+    lidar_frame: Annotated[str | None, typer.Option(help="Frame id of LiDAR outputs (default: the scan's).")] = None,
+    camera_frame: Annotated[str | None, typer.Option(help="Frame id of camera outputs (default: the image's).")] = None,
+    pair_tolerance: Annotated[float, typer.Option(help="Largest scan-image stamp gap (s).")] = 0.05,
+    max_age: Annotated[float, typer.Option(help="Drop frames older than this (s since arrival).")] = 1.0,
+    queue_size: Annotated[int, typer.Option(help="Frames waiting for the pipeline; the oldest is dropped.")] = 2,
+    reconnect_min: Annotated[float, typer.Option(help="First reconnection delay (s).")] = 0.5,
+    reconnect_max: Annotated[float, typer.Option(help="Largest reconnection delay (s).")] = 10.0,
+    intensity_scale: Annotated[str, typer.Option(help="auto, or a factor that maps intensity to [0, 1].")] = "auto",
+    duration: Annotated[float | None, typer.Option(help="Stop after this many seconds.")] = None,
+    max_frames: Annotated[int | None, typer.Option(help="Stop after this many frames.")] = None,
+    stats_every: Annotated[float, typer.Option(help="Log the counters every N seconds (0: never).")] = 30.0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run perception on ROS topics through a rosbridge server (ROS 1 or ROS 2) and publish the results."""
+    from perception.ros.commands import configure_logging, output_topics, run_ros
+
+    configure_logging(log_level)
+    stats = run_ros(
+        rosbridge=rosbridge, lidar_topic=lidar_topic, camera_topic=camera_topic, camera_type=camera_type,
+        ros_version=ros_version, type_names=type_name or [],
+        topics=output_topics(detections_2d_topic, detections_3d_topic, points_topic, markers_topic),
+        lidar_frame=lidar_frame, camera_frame=camera_frame, pair_tolerance=pair_tolerance, max_age=max_age,
+        queue_size=queue_size, reconnect_min=reconnect_min, reconnect_max=reconnect_max,
+        intensity_scale=intensity_scale,
+        processor_args={"seg_model": seg_model, "det_model": det_model, "providers": providers, "service": service,
+                        "api_key": api_key},
+        duration=duration, max_frames=max_frames, stats_every=stats_every,
+    )  # fmt: skip
+    console.print(", ".join(f"{k} {v}" for k, v in stats.items()), highlight=False)
+
+
+@app.command()
+@user_errors
+def replay(
+    bag: Annotated[Path, typer.Argument(help="ROS 1 .bag file or ROS 2 bag directory (sqlite3 or MCAP).")],
+    out: Annotated[Path | None, typer.Option(help="Write the results to this new bag (.bag for ROS 1).")] = None,
+    lidar_topic: Annotated[str | None, typer.Option(help="PointCloud2 topic (default: the bag's only one).")] = None,
+    camera_topic: Annotated[
+        str | None, typer.Option(help="Image/CompressedImage topic (default: the only one).")
+    ] = None,
+    service: Annotated[
+        str | None, typer.Option(help="Run frames on the perception service (grpc://HOST:PORT or http://...).")
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(help="API key of the service.")] = None,
+    seg_model: Annotated[Path, typer.Option(help="SqueezeSeg ONNX model (in-process).")] = DEFAULT_SEG_MODEL,
+    det_model: Annotated[Path, typer.Option(help="SqueezeDet ONNX model (in-process).")] = DEFAULT_DET_MODEL,
+    providers: Annotated[str, typer.Option(help="auto (TensorRT -> CUDA -> CPU) or a list like cuda,cpu.")] = "auto",
+    detections_2d_topic: Annotated[str, typer.Option(help=ROS_OUTPUT_TOPIC_OPTIONS)] = "/perception/detections_2d",
+    detections_3d_topic: Annotated[str, typer.Option(help=ROS_OUTPUT_TOPIC_OPTIONS)] = "/perception/detections_3d",
+    points_topic: Annotated[str, typer.Option(help=ROS_OUTPUT_TOPIC_OPTIONS)] = "/perception/labelled_points",
+    markers_topic: Annotated[str, typer.Option(help=ROS_OUTPUT_TOPIC_OPTIONS)] = "/perception/markers",
+    storage: Annotated[
+        str | None, typer.Option(help="ROS 2 output storage: sqlite3 or mcap (default: input's).")
+    ] = None,
+    copy_inputs: Annotated[bool, typer.Option("--copy-inputs", help="Copy the input topics into --out.")] = False,
+    pair_tolerance: Annotated[float, typer.Option(help="Largest scan-image stamp gap (s).")] = 0.05,
+    lidar_frame: Annotated[str | None, typer.Option(help="Frame id of LiDAR outputs (default: the scan's).")] = None,
+    camera_frame: Annotated[str | None, typer.Option(help="Frame id of camera outputs (default: the image's).")] = None,
+    intensity_scale: Annotated[str, typer.Option(help="auto, or a factor that maps intensity to [0, 1].")] = "auto",
+    max_frames: Annotated[int | None, typer.Option(help="Stop after this many frames.")] = None,
+) -> None:
+    """Run perception on the scans and images of a ROS 1 / ROS 2 bag; optionally write a bag of results."""
+    from perception.ros.commands import output_topics, run_replay
+
+    def progress(output) -> None:
+        parts = [f"{len(output.result.detections)} detections"] if "detections_2d" in output.messages else []
+        if output.result.labels is not None:
+            parts.append(f"{len(output.result.instances)} instances")
+        console.print(f"{output.pair.stamp}: " + (", ".join(parts) or "done"), highlight=False)
+
+    report = run_replay(
+        bag=bag, out=out, lidar_topic=lidar_topic, camera_topic=camera_topic,
+        topics=output_topics(detections_2d_topic, detections_3d_topic, points_topic, markers_topic),
+        storage=storage, copy_inputs=copy_inputs, pair_tolerance=pair_tolerance, lidar_frame=lidar_frame,
+        camera_frame=camera_frame, intensity_scale=intensity_scale, max_frames=max_frames,
+        processor_args={"seg_model": seg_model, "det_model": det_model, "providers": providers, "service": service,
+                        "api_key": api_key},
+        progress=progress,
+    )  # fmt: skip
+    console.print(report.summary(), highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ from perception.camera.boxes import Detection2D
 from perception.lidar.clustering import Instance, cluster_instances
 from perception.runtime.detector import Detector
 from perception.runtime.segmenter import InvalidInputError, Segmenter
-from perception.runtime.session import LoadedModel, ModelLoadError, TensorRTOptions
+from perception.runtime.session import LoadedModel, ModelLoadError, TensorRTOptions, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +265,7 @@ class Pipeline:
         if nan_policy not in ("error", "drop"):
             raise ValueError(f"nan_policy must be 'error' or 'drop', got {nan_policy!r}")
         self.cluster = cluster
+        self._strict = strict
         self.nan_policy: NanPolicy = nan_policy
         self.segmenter: Segmenter | None = None
         self.detector: Detector | None = None
@@ -331,6 +332,29 @@ class Pipeline:
         raise StageUnavailableError(
             stage, f"the {stage} stage is unavailable: {self.load_errors.get(stage, f'{path}: not loaded')}"
         )
+
+    def warm_up(self) -> dict[str, float]:
+        """Run each loaded model once on zeros; return the seconds each stage's first run took.
+
+        On TensorRT this builds (or loads from the engine cache) the engines, on CUDA it initialises the
+        device, so the first real frame runs at full speed. A model that cannot run is treated like one
+        that failed to load: its stage becomes unavailable and the error is recorded (or raised when
+        ``strict``).
+        """
+        seconds: dict[str, float] = {}
+        for stage in ("lidar", "camera"):
+            runner = self.segmenter if stage == "lidar" else self.detector
+            if runner is None:
+                continue
+            try:
+                seconds[stage] = warm_up(runner.model)
+            except ModelLoadError as exc:
+                if stage == "lidar":
+                    self.segmenter = None
+                else:
+                    self.detector = None
+                self._load_failed(stage, runner.model.path, exc, self._strict)
+        return seconds
 
     # --- validation ----------------------------------------------------------------------------
 

@@ -124,3 +124,17 @@ def test_bench_projection_json():
     data = json.loads(res.stdout)
     proj = data["benchmarks"]["projection"]
     assert proj["runs"] == 3 and proj["median_ms"] > 0 and proj["points"] > 100_000
+
+
+@pytest.mark.parametrize("command", ["segment", "detect"])
+def test_corrupt_model_is_one_error_line(tmp_path, command):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not an onnx model")
+    target = SAMPLE_DIR / "velodyne" / "000000.bin"
+    if command == "detect":
+        from perception.io.images import write_image
+
+        target = write_image(tmp_path / "frame.png", np.zeros((375, 1242, 3), np.uint8))
+    res = run_cli(command, str(target), "--model", str(bad))
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().count("\n") == 0 and res.stderr.startswith("error:") and "bad.onnx" in res.stderr

@@ -63,7 +63,7 @@ def render_markdown(card: dict[str, Any]) -> str:
     lines += ["", "## Metrics", ""]
     metrics = card.get("metrics", {})
     if not metrics:
-        lines.append("No metrics measured yet.")
+        lines += ["No metrics measured yet.", ""]
     for name, entry in metrics.items():
         lines += [f"### {name}", "", f"Data: {entry['data']}", "", f"Command: `{entry['command']}`", ""]
         values = entry["values"]
@@ -77,6 +77,18 @@ def render_markdown(card: dict[str, Any]) -> str:
         else:
             for key, value in values.items():
                 lines.append(f"- {key}: {_fmt(value)}")
+        lines.append("")
+    shown = {"name", "task", "architecture", "input", "parameters", "onnx_opset", "sha256", "file_size_bytes",
+             "training", "metrics", "notes"}  # fmt: skip
+    for key, value in card.items():
+        if key in shown:
+            continue
+        lines += [f"## {key.replace('_', ' ').capitalize()}", ""]
+        if isinstance(value, dict):
+            lines += [f"- **{k.replace('_', ' ')}**: {_fmt(v) if not isinstance(v, dict | list) else json.dumps(v)}"
+                      for k, v in value.items()]  # fmt: skip
+        else:
+            lines.append(_fmt(value))
         lines.append("")
     if card.get("notes"):
         lines += ["## Notes", "", card["notes"], ""]

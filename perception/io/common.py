@@ -27,7 +27,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        os.chmod(tmp, _mode_for(target))
+        os.chmod(tmp, permissions_for(target))
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
@@ -39,7 +39,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     return target
 
 
-def _mode_for(target: Path) -> int:
+def permissions_for(target: Path) -> int:
     """The existing file's permissions, or those a plain ``open`` would give a new file (0o666 & ~umask)."""
     try:
         return target.stat().st_mode & 0o777

@@ -15,7 +15,7 @@ from perception.camera.anchors import squeezedet_anchors
 from perception.camera.boxes import Detection2D, postprocess_detections
 from perception.camera.preprocess import to_network_input
 from perception.runtime.segmenter import InvalidInputError
-from perception.runtime.session import LoadedModel, ModelLoadError, load_model
+from perception.runtime.session import LoadedModel, ModelLoadError, TensorRTOptions, load_model
 
 
 @dataclass
@@ -37,8 +37,11 @@ class Detector:
         nms_threshold: float = 0.4,
         top_n: int = 64,
         intra_op_threads: int = 0,
+        tensorrt: TensorRTOptions | None = None,
     ) -> None:
-        self.model: LoadedModel = load_model(model_path, providers, intra_op_threads=intra_op_threads)
+        self.model: LoadedModel = load_model(
+            model_path, providers, intra_op_threads=intra_op_threads, tensorrt=tensorrt
+        )
         meta = self.model.metadata
         if meta.get("perception.task") != "detection":
             raise ModelLoadError(f"{model_path}: not a detection model (task {meta.get('perception.task', 'unset')!r})")

@@ -20,7 +20,7 @@ import numpy as np
 
 from perception.lidar.projection import PointCloudError, Projection, spherical_project, validate_points
 from perception.lidar.sensors import SensorSpec, SensorSpecError
-from perception.runtime.session import LoadedModel, ModelLoadError, load_model
+from perception.runtime.session import LoadedModel, ModelLoadError, TensorRTOptions, load_model
 
 MAX_POINTS = 4_000_000
 
@@ -66,8 +66,11 @@ class Segmenter:
         providers: str | Sequence[str] = "auto",
         nan_policy: Literal["drop", "error"] = "drop",
         intra_op_threads: int = 0,
+        tensorrt: TensorRTOptions | None = None,
     ) -> None:
-        self.model: LoadedModel = load_model(model_path, providers, intra_op_threads=intra_op_threads)
+        self.model: LoadedModel = load_model(
+            model_path, providers, intra_op_threads=intra_op_threads, tensorrt=tensorrt
+        )
         meta = self.model.metadata
         if meta.get("perception.task") != "segmentation":
             raise ModelLoadError(

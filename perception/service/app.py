@@ -15,6 +15,8 @@ and metrics do not, so probes and scrapers work without it):
   part sent as ``application/octet-stream`` is raw RGB and needs ``width``/``height``).
 * ``GET /v1/models``, ``GET /healthz`` (alive), ``GET /readyz`` (200 when every configured model is
   loaded, else 503), ``GET /metrics`` (Prometheus text format).
+* ``GET /viewer``: the live viewer page, fed by the WebSocket ``/v1/viewer`` with every frame the endpoints
+  here process (:mod:`perception.service.viewer`).
 
 Errors are JSON ``{"error": "..."}``: 400 bad payload (sizes, NaN/inf points, empty clouds, undecodable
 images), 401 API key, 413 body larger than ``max_body_mb``, 415 unknown content type, 422 bad query
@@ -103,6 +105,7 @@ from perception.service.schemas import (
     unpack_frame_envelope,
 )
 from perception.service.settings import Settings
+from perception.service.viewer import ViewerHub, mount_viewer
 
 log = logging.getLogger(__name__)
 
@@ -285,11 +288,22 @@ def _decode_points_part(data: bytes, media_type: str, filename: str | None) -> n
     return points_from_file_bytes(data, suffix)
 
 
-async def _run(pipeline: Pipeline, metrics: Metrics, frame_factory: Callable[[], Frame]) -> PerceptionResult:
-    """Decode (``frame_factory``) and run the pipeline in a worker thread; record stage timings."""
+async def _run(
+    pipeline: Pipeline,
+    metrics: Metrics,
+    frame_factory: Callable[[], Frame],
+    viewer: ViewerHub | None = None,
+    source: str = "rest",
+) -> PerceptionResult:
+    """Decode (``frame_factory``) and run the pipeline in a worker thread; record stage timings; offer the
+    frame and its result to the live viewer."""
 
     def work() -> PerceptionResult:
-        return pipeline.run(frame_factory())
+        frame = frame_factory()
+        result = pipeline.run(frame)
+        if viewer is not None:
+            viewer.offer(frame, result, source)
+        return result
 
     result = await run_in_threadpool(work)
     metrics.observe_stages(result.timings_ms)
@@ -372,17 +386,28 @@ IndicesQuery = Annotated[bool, Query(description="Add each instance's point indi
 
 
 def build_pipeline(settings: Settings) -> Pipeline:
-    """The pipeline the settings describe; a model that fails to load leaves its stage unavailable (503)."""
-    return Pipeline(
-        settings.seg_model,
-        settings.det_model,
+    """The pipeline the settings describe; a model that fails to load leaves its stage unavailable (503).
+
+    With ``settings.warmup`` each loaded model runs once on zeros before this returns, so TensorRT builds
+    (or loads from ``trt_cache_dir``) its engines before the server answers; a model whose warm-up fails
+    is reported like one that failed to load. With ``settings.precision == "int8"`` the models are the
+    ``NAME.int8.onnx`` siblings of the configured ones; a missing one raises :class:`FileNotFoundError`.
+    """
+    seg_model, det_model = settings.model_paths()
+    pipeline = Pipeline(
+        seg_model,
+        det_model,
         settings.providers,
         cluster=settings.cluster,
         nan_policy=settings.nan_policy,
         strict=False,
         workers=settings.pipeline_workers,
         intra_op_threads=settings.intra_op_threads,
+        tensorrt=settings.tensorrt_options(),
     )
+    if settings.warmup:
+        pipeline.warm_up()
+    return pipeline
 
 
 def create_app(
@@ -410,6 +435,7 @@ def create_app(
     app.state.settings = settings
     app.state.pipeline = pipe
     app.state.metrics = metrics
+    app.state.viewer = ViewerHub()
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
@@ -443,6 +469,11 @@ def create_app(
     app.include_router(_api_router(), dependencies=[Depends(require_api_key)])
     app.include_router(_ops_router())
     app.add_api_websocket_route("/v1/stream", stream_endpoint)
+    mount_viewer(
+        app,
+        app.state.viewer,
+        lambda conn: api_key_ok(settings, conn.headers.get("x-api-key") or conn.query_params.get("api_key")),
+    )
 
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     if settings.cors_origins:
@@ -499,7 +530,7 @@ def _api_router() -> APIRouter:
             image = _decode_image_part(data, part_type, filename, width, height)
             return Frame(frame_id or _new_frame_id(), received if timestamp is None else timestamp, image=image)
 
-        result = await _run(pipeline, metrics, frame)
+        result = await _run(pipeline, metrics, frame, request.app.state.viewer, "/v1/detect")
         return await _respond(result, DetectResponse)
 
     @router.post(
@@ -538,7 +569,7 @@ def _api_router() -> APIRouter:
             points = _decode_points_part(data, part_type, filename)
             return Frame(frame_id or _new_frame_id(), received if timestamp is None else timestamp, points=points)
 
-        result = await _run(pipeline, metrics, frame)
+        result = await _run(pipeline, metrics, frame, request.app.state.viewer, "/v1/segment")
         return await _respond(result, SegmentResponse, include_labels, include_point_indices)
 
     @router.post(
@@ -586,7 +617,7 @@ def _api_router() -> APIRouter:
                 frame_id or _new_frame_id(), received if timestamp is None else timestamp, image=image, points=points
             )
 
-        result = await _run(pipeline, metrics, frame)
+        result = await _run(pipeline, metrics, frame, request.app.state.viewer, "/v1/perceive")
         return await _respond(result, PerceiveResponse, include_labels, include_point_indices)
 
     @router.get("/models", response_model=ModelsResponse, summary="Configured models and their providers")
@@ -664,10 +695,13 @@ def _frame_id_of(item: _StreamItem) -> str:
     return str(item.seq)
 
 
-def _answer_stream_item(pipeline: Pipeline, item: _StreamItem, dropped_before: int) -> tuple[str, dict[str, float]]:
+def _answer_stream_item(
+    pipeline: Pipeline, item: _StreamItem, dropped_before: int, viewer: ViewerHub | None = None
+) -> tuple[str, dict[str, float]]:
     """The JSON answer to one queued frame and its stage timings (empty for an error answer).
 
-    Decoding, inference and JSON encoding all happen here, in a worker thread.
+    Decoding, inference and JSON encoding all happen here, in a worker thread; a processed frame is
+    offered to the live viewer.
     """
     answer: dict[str, Any]
     timings: dict[str, float] = {}
@@ -684,6 +718,8 @@ def _answer_stream_item(pipeline: Pipeline, item: _StreamItem, dropped_before: i
     else:
         result.dropped_before = dropped_before
         timings = result.timings_ms
+        if viewer is not None:
+            viewer.offer(frame, result, "/v1/stream")
         answer = {"type": "result", **_result_payload(result, PerceiveResponse, include_labels)}
     return _json_bytes(answer).decode("utf-8"), timings
 
@@ -707,7 +743,9 @@ async def stream_endpoint(websocket: WebSocket) -> None:
     async def process() -> None:
         while (got := await queue.get()) is not None:
             item, dropped_before = got
-            text, timings = await run_in_threadpool(_answer_stream_item, pipeline, item, dropped_before)
+            text, timings = await run_in_threadpool(
+                _answer_stream_item, pipeline, item, dropped_before, websocket.app.state.viewer
+            )
             if timings:
                 counts["processed"] += 1
                 metrics.observe_stages(timings)

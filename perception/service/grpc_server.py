@@ -48,6 +48,7 @@ from perception.service.proto import perception_pb2 as pb
 from perception.service.proto import perception_pb2_grpc as pb_grpc
 from perception.service.schemas import image_from_bytes, points_from_bytes
 from perception.service.settings import Settings
+from perception.service.viewer import ViewerHub
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +120,13 @@ def result_to_proto(
 class PerceptionServicer(pb_grpc.PerceptionServicer):
     """The RPCs; each turns pipeline errors into status codes and records metrics."""
 
-    def __init__(self, pipeline: Pipeline, settings: Settings, metrics: Metrics) -> None:
+    def __init__(
+        self, pipeline: Pipeline, settings: Settings, metrics: Metrics, viewer: ViewerHub | None = None
+    ) -> None:
         self.pipeline = pipeline
         self.settings = settings
         self.metrics = metrics
+        self.viewer = viewer
 
     # frames from requests (decoding in the calling thread) -----------------------------------------
 
@@ -161,6 +165,8 @@ class PerceptionServicer(pb_grpc.PerceptionServicer):
     def _run(self, frame: Frame) -> PerceptionResult:
         result = self.pipeline.run(frame)
         self.metrics.observe_stages(result.timings_ms)
+        if self.viewer is not None:
+            self.viewer.offer(frame, result, "grpc")
         return result
 
     def _unary(
@@ -319,7 +325,14 @@ class GrpcServer:
     ``port`` is the bound port (useful with ``Settings.grpc_port = 0``).
     """
 
-    def __init__(self, settings: Settings, pipeline: Pipeline, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        pipeline: Pipeline,
+        metrics: Metrics | None = None,
+        viewer: ViewerHub | None = None,
+    ) -> None:
+        """``viewer``: the REST app's hub (``app.state.viewer``), so /viewer also shows frames sent over gRPC."""
         self.settings = settings
         self.pipeline = pipeline
         self.metrics = metrics or Metrics()
@@ -337,7 +350,8 @@ class GrpcServer:
                 ("grpc.so_reuseport", 0),
             ],
         )
-        pb_grpc.add_PerceptionServicer_to_server(PerceptionServicer(pipeline, settings, self.metrics), self.server)
+        servicer = PerceptionServicer(pipeline, settings, self.metrics, viewer)
+        pb_grpc.add_PerceptionServicer_to_server(servicer, self.server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(

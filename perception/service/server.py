@@ -90,9 +90,10 @@ def run_server(settings: Settings | None = None, *, pipeline: Pipeline | None = 
     sock: socket.socket | None = None
     try:
         sock = _bind(settings.host, settings.port)
+        app = create_app(settings, pipe, metrics)
         if settings.grpc_enabled:
-            grpc_server = GrpcServer(settings, pipe, metrics).start()
-        server = _UvicornServer(_uvicorn_config(create_app(settings, pipe, metrics), settings))
+            grpc_server = GrpcServer(settings, pipe, metrics, viewer=app.state.viewer).start()
+        server = _UvicornServer(_uvicorn_config(app, settings))
 
         def handle(sig: int, _: FrameType | None) -> None:
             log.info("received %s: shutting down", signal.Signals(sig).name)
@@ -155,12 +156,13 @@ def serve_in_background(
             stack.callback(pipeline.close)
         metrics = Metrics()
         grpc_server = None
+        app = create_app(settings, pipeline, metrics)
         if settings.grpc_enabled:
-            grpc_server = GrpcServer(settings, pipeline, metrics).start()
+            grpc_server = GrpcServer(settings, pipeline, metrics, viewer=app.state.viewer).start()
             stack.callback(lambda: grpc_server.stop(0).wait())
         sock = _bind(settings.host, settings.port)
         stack.callback(sock.close)
-        server = _UvicornServer(_uvicorn_config(create_app(settings, pipeline, metrics), settings))
+        server = _UvicornServer(_uvicorn_config(app, settings))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="perception-uvicorn", daemon=True)
         thread.start()
 

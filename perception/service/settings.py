@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from perception.runtime.session import TensorRTOptions
+
 DEFAULT_SEG_MODEL = Path("models/squeezeseg_kitti-front.onnx")
 DEFAULT_DET_MODEL = Path("models/squeezedet.onnx")
 
@@ -28,6 +30,19 @@ class Settings(BaseSettings):
     seg_model: Path | None = Field(DEFAULT_SEG_MODEL, description="SqueezeSeg ONNX model; none: no LiDAR stage.")
     det_model: Path | None = Field(DEFAULT_DET_MODEL, description="SqueezeDet ONNX model; none: no camera stage.")
     providers: str = Field("auto", description="auto (TensorRT -> CUDA -> CPU) or a list like cuda,cpu.")
+    precision: Literal["fp32", "int8"] = Field(
+        "fp32",
+        description="Model files to load: fp32 (as configured) or int8 (NAME.int8.onnx beside each configured model, "
+        "made by `perception quantize`; ONNX Runtime runs its QDQ graph).",
+    )
+    trt_precision: Literal["fp32", "fp16", "int8"] = Field(
+        "fp16", description="TensorRT precision (int8 needs calibration tables in the cache, see docs/deployment.md)."
+    )
+    trt_cache_dir: Path | None = Field(
+        None, description="TensorRT engine and timing cache directory; none: engines are rebuilt at every start."
+    )
+    trt_workspace_mb: int = Field(2048, ge=1, description="GPU memory TensorRT may use while building engines, MiB.")
+    warmup: bool = Field(True, description="Run each model once at start (TensorRT builds or loads its engines).")
     api_key: SecretStr | None = Field(None, description="When set, clients must send it (header/metadata x-api-key).")
     max_body_mb: float = Field(64.0, gt=0, description="Largest request body / WebSocket message, MiB (413 above).")
     cors_origins: Annotated[list[str], NoDecode] = Field(
@@ -48,7 +63,7 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(5.0, ge=0, description="Seconds in-flight requests get on SIGINT/SIGTERM.")
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
-    @field_validator("seg_model", "det_model", mode="before")
+    @field_validator("seg_model", "det_model", "trt_cache_dir", mode="before")
     @classmethod
     def _none_path(cls, value: Any) -> Any:
         if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
@@ -79,6 +94,24 @@ class Settings(BaseSettings):
     @property
     def grpc_max_message_bytes(self) -> int:
         return self.grpc_max_message_mb * 1024 * 1024
+
+    def tensorrt_options(self) -> TensorRTOptions:
+        """The TensorRT provider options these settings describe (used only where TensorRT runs)."""
+        return TensorRTOptions(
+            precision=self.trt_precision, cache_dir=self.trt_cache_dir, workspace_mb=self.trt_workspace_mb
+        )
+
+    def model_paths(self) -> tuple[Path | None, Path | None]:
+        """(seg, det) model files to load at :attr:`precision` (None: stage off).
+
+        For ``int8`` each configured model's ``NAME.int8.onnx`` sibling; :class:`FileNotFoundError` naming
+        the missing file and the command that makes it when one is absent.
+        """
+        from perception.runtime.quantize import model_for_precision
+
+        seg = None if self.seg_model is None else model_for_precision(self.seg_model, self.precision)
+        det = None if self.det_model is None else model_for_precision(self.det_model, self.precision)
+        return seg, det
 
     def api_key_value(self) -> str | None:
         return self.api_key.get_secret_value() if self.api_key is not None else None

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import torch
 
+from perception.io.common import permissions_for
 from perception.lidar import squeezeseg_config as cfg
 from perception.lidar.sensors import SensorSpec
 from perception.training.nets.squeezedet import DET_CLASSES, INPUT_HEIGHT, INPUT_WIDTH, SqueezeDet
@@ -163,6 +164,7 @@ def _export_checked(
         proto.producer_name = "perception"
         onnx.checker.check_model(proto, full_check=True)
         onnx.save(proto, tmp)
+        os.chmod(tmp, permissions_for(target))
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -64,6 +64,9 @@ class TrainConfig:
     crop_width: int = 0  # random azimuth crops for speed (multiple of 16); 0 = full width
     flip: bool = True
     range_dropout: float = 0.0
+    # per-class loss weights (unknown, car, pedestrian, cyclist); None = the paper's (1/15, 1, 10, 10), which
+    # are about inverse to KITTI's class frequencies: re-derive them for data with other frequencies
+    class_weights: tuple[float, ...] | None = None
     # detection
     variant: str = "squeezedet"
     drift: tuple[int, int] = (150, 100)
@@ -90,6 +93,10 @@ class TrainConfig:
         if cfg.steps < 1 or cfg.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
         cfg.drift = tuple(cfg.drift)  # type: ignore[assignment]
+        if cfg.class_weights is not None:
+            cfg.class_weights = tuple(float(w) for w in cfg.class_weights)
+            if len(cfg.class_weights) != len(seg_cfg.CLASSES) or min(cfg.class_weights) <= 0:
+                raise ValueError(f"class_weights needs {len(seg_cfg.CLASSES)} positive numbers, one per class")
         return cfg
 
 
@@ -186,7 +193,8 @@ class SegmentationTask(TrainingTask):
 
         image, mask, labels = batch
         logits = self.model(image, mask)
-        return {"total": squeezeseg_loss(logits.float(), labels, mask[:, 0])}
+        weights = self.cfg.class_weights or seg_cfg.CLASS_LOSS_WEIGHTS
+        return {"total": squeezeseg_loss(logits.float(), labels, mask[:, 0], class_weights=weights)}
 
     @torch.no_grad()
     def validate(self, device: torch.device) -> dict[str, float]:
@@ -288,7 +296,9 @@ class MetricsLog:
 
     def write(self, row: dict[str, Any]) -> None:
         with self.jsonl.open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
+            # strict JSON: NaN (an undefined metric, e.g. precision of a class never predicted) becomes null
+            clean = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in row.items()}
+            handle.write(json.dumps(clean, allow_nan=False) + "\n")
         new = not self.csv.exists()
         with self.csv.open("a", newline="") as handle:
             writer = csv.writer(handle)
