@@ -160,3 +160,18 @@ def test_segmentation_metrics_hand_case():
     m = segmentation_metrics(np.array([1, 1, 0, 2]), np.array([1, 0, 0, 1]))
     assert m.iou[1] == pytest.approx(1 / 3) and m.precision[1] == 0.5 and m.recall[1] == 0.5
     assert np.isnan(m.precision[3])
+
+
+def test_export_builds_the_crf_form_the_checkpoint_was_trained_with(tmp_path):
+    from perception.training.export import build_segmentation_model
+    from perception.training.nets.squeezeseg import squeezeseg
+    from perception.training.train import TrainConfig
+
+    trained = squeezeseg(crf_form="standard")
+    path = tmp_path / "ckpt.pt"
+    torch.save({"model": trained.state_dict(), "config": {"crf_form": "standard"}}, path)
+    assert build_segmentation_model(path).crf.form == "standard"
+    torch.save(trained.state_dict(), path)  # a bare state dict: the paper's form
+    assert build_segmentation_model(path).crf.form == "original"
+    with pytest.raises(ValueError, match="crf_form"):
+        TrainConfig.from_dict({"crf_form": "fancy"})

@@ -100,12 +100,22 @@ def build_segmentation_model(
     crf_iterations: int = cfg.CRF_ITERATIONS,
     crf_window: tuple[int, int] = cfg.CRF_WINDOW,
     seed: int = 0,
+    crf_form: str | None = None,
 ) -> SqueezeSeg:
-    """SqueezeSeg from a checkpoint (a state dict, or a dict with ``model``), or freshly initialised from ``seed``."""
+    """SqueezeSeg from a checkpoint (a state dict, or a dict with ``model``), or freshly initialised from ``seed``.
+
+    ``crf_form`` None: the form the trainer recorded in the checkpoint's config, else ``original``.
+    """
     from perception.training.nets.squeezeseg import squeezeseg, squeezeseg_without_crf
 
+    if crf_form is None:
+        crf_form = _checkpoint_config(checkpoint).get("crf_form", "original") if checkpoint is not None else "original"
     torch.manual_seed(seed)
-    model = squeezeseg(crf_iterations=crf_iterations, crf_window=crf_window) if crf else squeezeseg_without_crf()
+    model = (
+        squeezeseg(crf_iterations=crf_iterations, crf_window=crf_window, crf_form=crf_form)  # type: ignore[arg-type]
+        if crf
+        else squeezeseg_without_crf()
+    )
     if checkpoint is not None:
         _load_weights(model, checkpoint)
     return model.eval()
@@ -217,6 +227,16 @@ def build_detection_model(
     if checkpoint is not None:
         _load_weights(model, checkpoint)
     return model.eval()
+
+
+def _checkpoint_config(checkpoint: str | os.PathLike[str]) -> dict[str, Any]:
+    """The trainer's config stored in a checkpoint ({} for a bare state dict or an unreadable file)."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception:  # _load_weights reports unreadable files
+        return {}
+    config = state.get("config") if isinstance(state, dict) else None
+    return config if isinstance(config, dict) else {}
 
 
 def _load_weights(model: torch.nn.Module, checkpoint: str | os.PathLike[str]) -> None:

@@ -61,6 +61,9 @@ class TrainConfig:
     # segmentation
     crf: bool = True
     crf_iterations: int = seg_cfg.CRF_ITERATIONS
+    # "original": the paper's code (re-softmaxed unary, pairwise added; its output spans about [0, 1], which
+    # slows learning from scratch); "standard": CRF-as-RNN (logits minus the compatibility-weighted messages)
+    crf_form: str = "original"
     crop_width: int = 0  # random azimuth crops for speed (multiple of 16); 0 = full width
     flip: bool = True
     range_dropout: float = 0.0
@@ -93,6 +96,8 @@ class TrainConfig:
         if cfg.steps < 1 or cfg.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
         cfg.drift = tuple(cfg.drift)  # type: ignore[assignment]
+        if cfg.crf_form not in ("original", "standard"):
+            raise ValueError(f"crf_form must be original or standard, got {cfg.crf_form!r}")
         if cfg.class_weights is not None:
             cfg.class_weights = tuple(float(w) for w in cfg.class_weights)
             if len(cfg.class_weights) != len(seg_cfg.CLASSES) or min(cfg.class_weights) <= 0:
@@ -161,7 +166,11 @@ class SegmentationTask(TrainingTask):
         from perception.training.nets.squeezeseg import squeezeseg, squeezeseg_without_crf
 
         self.cfg = cfg
-        self.model = squeezeseg(crf_iterations=cfg.crf_iterations) if cfg.crf else squeezeseg_without_crf()
+        self.model = (
+            squeezeseg(crf_iterations=cfg.crf_iterations, crf_form=cfg.crf_form)  # type: ignore[arg-type]
+            if cfg.crf
+            else squeezeseg_without_crf()
+        )
 
         def make(root: str, split: str | None, train: bool) -> Any:
             kwargs = {"flip": cfg.flip and train, "dropout": cfg.range_dropout if train else 0.0, "seed": cfg.seed}

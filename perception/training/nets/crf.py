@@ -34,6 +34,8 @@ from torch import nn
 
 from perception.lidar import squeezeseg_config as cfg
 
+CRFForm = Literal["original", "standard"]
+
 
 def gaussian_window_kernel(window: tuple[int, int], thetas: tuple[float, ...]) -> np.ndarray:
     """Depthwise kernel (C, 1, kh, kw): ``exp(-(dz^2 + da^2) / (2 theta_c^2))``, centre zeroed."""
@@ -75,7 +77,7 @@ class RecurrentCRF(nn.Module):
         bilateral_theta_r: tuple[float, ...] = cfg.BILATERAL_THETA_R,
         ang_coef: float = cfg.ANG_FILTER_COEF,
         bi_coef: float = cfg.BI_FILTER_COEF,
-        form: Literal["original", "standard"] = "original",
+        form: CRFForm = "original",
     ) -> None:
         super().__init__()
         kh, kw = window

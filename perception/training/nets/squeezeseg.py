@@ -21,7 +21,7 @@ from torch import nn
 
 from perception.lidar import squeezeseg_config as cfg
 from perception.training.nets.blocks import Fire
-from perception.training.nets.crf import RecurrentCRF
+from perception.training.nets.crf import CRFForm, RecurrentCRF
 
 __all__ = ["Fire", "FireDeconv", "SqueezeSeg", "squeezeseg", "squeezeseg_without_crf"]
 
@@ -134,9 +134,10 @@ class SqueezeSeg(nn.Module):
 
 
 def squeezeseg(num_classes: int = cfg.NUM_CLASSES, crf_iterations: int = cfg.CRF_ITERATIONS,
-               crf_window: tuple[int, int] = cfg.CRF_WINDOW) -> SqueezeSeg:  # fmt: skip
-    """SqueezeSeg with the recurrent CRF (the paper's model)."""
-    return SqueezeSeg(num_classes, crf=RecurrentCRF(num_classes, iterations=crf_iterations, window=crf_window))
+               crf_window: tuple[int, int] = cfg.CRF_WINDOW, crf_form: CRFForm = "original") -> SqueezeSeg:  # fmt: skip
+    """SqueezeSeg with the recurrent CRF (the paper's model; ``crf_form="standard"``: CRF-as-RNN's form)."""
+    crf = RecurrentCRF(num_classes, iterations=crf_iterations, window=crf_window, form=crf_form)
+    return SqueezeSeg(num_classes, crf=crf)
 
 
 def squeezeseg_without_crf(num_classes: int = cfg.NUM_CLASSES) -> SqueezeSeg:
