@@ -493,12 +493,397 @@ def bench_det(repeats: int, ctx: BenchContext | None = None) -> dict[str, object
     return res
 
 
+SIM_BENCH_FRAMES = 5
+"""Frames the ``sim`` bench times per configuration (fewer when ``repeats`` is lower), after one warm-up frame."""
+SIM_BENCH_SEED = 0
+
+
+def _threads_available() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one, else the logical CPU count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _time_generator(out_dir: Path, frames: int, camera: bool) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-frame wall time of ``generate_dataset`` (simulate + write, between successive progress calls; stats
+    in ms) and the median of each stage's ``timings_ms`` (ms)."""
+    from perception.sim.dataset import generate_dataset
+
+    times: list[float] = []
+    stages: dict[str, list[float]] = {}
+    last = time.perf_counter()
+
+    def progress(frame: Any) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        times.append(now - last)
+        last = now
+        for key, value in frame.timings_ms.items():
+            stages.setdefault(key, []).append(value)
+
+    generate_dataset(out_dir, "urban", frames=frames, seed=SIM_BENCH_SEED, sensor="hdl64e-360", camera=camera,
+                     progress=progress, nthreads=0)  # fmt: skip
+    return _stats(times), {key: float(np.median(values)) for key, values in stages.items()}
+
+
+def bench_sim(repeats: int, ctx: BenchContext | None = None) -> dict[str, object]:
+    """The mesh-world generator (``perception simulate``): frames per second at HDL-64E 360 deg (64 x 2048 rays),
+    LiDAR only and LiDAR + camera (1242 x 375 render, 2D labels), urban preset, fixed seed, every file written
+    to a temporary directory; ``min(repeats, SIM_BENCH_FRAMES)`` frames each after one warm-up frame.
+
+    ``median_ms`` is the LiDAR-only frame; ``lidar_frames_per_s_per_core`` divides its rate by the CPUs the
+    process may use (``threads``): open3d ray casts on all of them (``nthreads=0``). Needs open3d.
+    """
+    import tempfile
+
+    try:
+        import open3d  # noqa: F401
+    except ImportError:
+        return {"median_ms": float("nan"), "p90_ms": float("nan"), "p99_ms": float("nan"), "runs": 0,
+                "notes": "skipped: the mesh world needs open3d (the [train] extra)"}  # fmt: skip
+    frames = max(1, min(repeats, SIM_BENCH_FRAMES))
+    threads = _threads_available()
+    with tempfile.TemporaryDirectory() as tmp:
+        _time_generator(Path(tmp) / "warmup", 1, camera=True)  # open3d start-up, first scene build
+        lidar, lidar_stages = _time_generator(Path(tmp) / "lidar", frames, camera=False)
+        both, both_stages = _time_generator(Path(tmp) / "camera", frames, camera=True)
+    res: dict[str, Any] = dict(lidar)
+    lidar_fps = 1e3 / lidar["median_ms"]
+    both_fps = 1e3 / both["median_ms"]
+    res.update(
+        {
+            "frames": frames,
+            "seed": SIM_BENCH_SEED,
+            "sensor": "hdl64e-360",
+            "config": "urban",
+            "threads": threads,
+            "lidar_frames_per_s": lidar_fps,
+            "lidar_frames_per_s_per_core": lidar_fps / threads,
+            "lidar_camera_median_ms": both["median_ms"],
+            "lidar_camera_p90_ms": both["p90_ms"],
+            "lidar_camera_frames_per_s": both_fps,
+            "lidar_only_vs_with_camera_speedup": both["median_ms"] / lidar["median_ms"],
+            "lidar_stage_median_ms": lidar_stages,
+            "lidar_camera_stage_median_ms": both_stages,
+        }
+    )
+    res["notes"] = (
+        f"HDL-64E 360, urban, {frames} frames: LiDAR {lidar_fps:.2f} frames/s ({lidar_fps / threads:.2f} per core, "
+        f"{threads} threads); + camera {both_fps:.2f} frames/s ({both['median_ms']:.0f} ms)"
+    )
+    return res
+
+
+# --- service load ---------------------------------------------------------------------------------
+
+SERVICE_DURATION_S = 20.0
+"""Measured seconds of the ``service`` load phase (after :data:`SERVICE_WARMUP_S` of the same load)."""
+SERVICE_WARMUP_S = 5.0
+SERVICE_WS_CLIENTS = 2
+SERVICE_GRPC_CLIENTS = 2
+
+
+def _rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc; elsewhere the peak from getrusage)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
+
+def _overhead_fields(name: str, times_s: list[float], inprocess_ms: float) -> dict[str, float]:
+    """``{name}_median_ms``, ``{name}_p99_ms``, ``{name}_overhead_pct`` (vs in-process median) and
+    ``inprocess_vs_{name}_speedup`` (protocol median / in-process median)."""
+    stats = _stats(times_s)
+    return {
+        f"{name}_median_ms": stats["median_ms"],
+        f"{name}_p99_ms": stats["p99_ms"],
+        f"{name}_overhead_pct": (stats["median_ms"] - inprocess_ms) / inprocess_ms * 100.0,
+        f"inprocess_vs_{name}_speedup": stats["median_ms"] / inprocess_ms,
+    }
+
+
+class _LoadRecorder:
+    """Latencies (seconds) and errors of the load clients; only frames sent after ``measure_from`` count."""
+
+    def __init__(self, measure_from: float) -> None:
+        import threading
+
+        self.measure_from = measure_from
+        self.latencies: dict[str, list[float]] = {"websocket": [], "grpc": []}
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+
+    def record(self, protocol: str, sent: float, latency_s: float, error: str | None) -> None:
+        with self._lock:
+            if error is not None:
+                self.errors.append(f"{protocol}: {error}")
+            elif sent >= self.measure_from:
+                self.latencies[protocol].append(latency_s)
+
+
+def _ws_load_client(ws_url: str, message: bytes, stop_at: float, recorder: _LoadRecorder) -> None:
+    """One WebSocket client, one frame in flight: send, wait for its answer, repeat until ``stop_at``."""
+    import json
+
+    from websockets.sync.client import connect
+
+    try:
+        with connect(f"{ws_url}/v1/stream", max_size=None, compression=None) as ws:
+            while (sent := time.perf_counter()) < stop_at:
+                ws.send(message)
+                answer = json.loads(ws.recv())
+                error = answer.get("error") if answer.get("type") != "result" else None
+                recorder.record("websocket", sent, time.perf_counter() - sent, error)
+            ws.send(json.dumps({"type": "end"}))
+            for text in ws:
+                if json.loads(text).get("type") == "end":
+                    break
+    except Exception as exc:  # a broken stream is an error of the run, not of the benchmark code
+        recorder.record("websocket", 0.0, 0.0, f"{type(exc).__name__}: {exc}")
+
+
+def _grpc_load_client(target: str, request: Any, stop_at: float, recorder: _LoadRecorder) -> None:
+    """One gRPC ``Stream`` client, one frame in flight: send, wait for its answer, repeat until ``stop_at``."""
+    import queue
+
+    from perception.client import GrpcClient
+
+    outbox: queue.Queue[Any] = queue.Queue()
+
+    def requests() -> Any:
+        while (item := outbox.get()) is not None:
+            yield item
+
+    try:
+        with GrpcClient(target) as client:
+            responses = client.stub.Stream(requests())
+            try:
+                while (sent := time.perf_counter()) < stop_at:
+                    outbox.put(request)
+                    answer = next(responses)
+                    error = answer.error if answer.WhichOneof("outcome") != "result" else None
+                    recorder.record("grpc", sent, time.perf_counter() - sent, error)
+            finally:
+                outbox.put(None)  # half-close: the server ends the call once every frame is answered
+            for _ in responses:
+                pass
+    except Exception as exc:
+        recorder.record("grpc", 0.0, 0.0, f"{type(exc).__name__}: {exc}")
+
+
+def service_load(
+    seg_model: Path | None,
+    det_model: Path | None,
+    frame: Any,
+    repeats: int = 20,
+    duration_s: float = SERVICE_DURATION_S,
+    warmup_s: float = SERVICE_WARMUP_S,
+    ws_clients: int = SERVICE_WS_CLIENTS,
+    grpc_clients: int = SERVICE_GRPC_CLIENTS,
+    providers: str = "cpu",
+    warmup_runs: int = 3,
+) -> dict[str, Any]:
+    """The service under load, in this process (:func:`perception.service.server.serve_in_background`).
+
+    1. Overhead: ``repeats`` runs each, one at a time, of ``frame`` (a :class:`perception.pipeline.Frame`)
+       in-process (``Pipeline.run``), over gRPC unary ``Perceive``, a WebSocket ``/v1/stream`` and REST
+       ``POST /v1/perceive``, after ``warmup_runs`` warm-up runs; ``*_overhead_pct`` is each protocol's median
+       latency over the in-process median, minus 1, in percent.
+    2. Load: ``ws_clients`` WebSocket and ``grpc_clients`` gRPC ``Stream`` clients, each keeping one frame
+       in flight, for ``warmup_s`` and then ``duration_s`` measured seconds (policy ``block``: nothing is
+       dropped). Latency p50/p90/p99 (all clients and per protocol), throughput in frames/s, error answers
+       and broken streams (``errors``, which should be 0), and the process RSS after warm-up and at the
+       end (``rss_growth_pct``; server and clients share the process, so the clients' buffers count too).
+    """
+    import threading
+
+    from perception.client import GrpcClient, RestClient, encode_stream_frame
+    from perception.pipeline import Pipeline
+    from perception.service.server import serve_in_background
+    from perception.service.settings import Settings
+
+    settings = Settings(
+        host="127.0.0.1",
+        port=0,
+        grpc_port=0,
+        providers=providers,
+        seg_model=seg_model,
+        det_model=det_model,
+        stream_policy="block",
+        stream_queue_size=1,
+        warmup=False,
+        log_level="warning",
+    )
+    pipeline = Pipeline(seg_model, det_model, providers)
+    warm = warmup_runs
+    try:
+        inprocess = time_function(lambda: pipeline.run(frame), repeats, warmup=warm)
+        inproc_ms = inprocess["median_ms"]
+        out: dict[str, Any] = {"inprocess_median_ms": inproc_ms, "inprocess_p99_ms": inprocess["p99_ms"]}
+        message = encode_stream_frame(frame)
+        with serve_in_background(settings, pipeline) as svc:
+            assert svc.grpc_target is not None
+            with GrpcClient(svc.grpc_target) as grpc_client:
+                request = grpc_client.perceive_request(frame.image, frame.points, frame.frame_id, frame.timestamp)
+
+                def unary() -> None:
+                    response = grpc_client.stub.Perceive(request, timeout=grpc_client.timeout)
+                    if not response.frame_id:
+                        raise RuntimeError("gRPC Perceive answered without a frame id")
+
+                out.update(_overhead_fields("grpc", _timed_runs(unary, repeats, warm), inproc_ms))
+            from websockets.sync.client import connect
+
+            with connect(f"{svc.ws_url}/v1/stream", max_size=None, compression=None) as ws:
+
+                def streamed() -> None:
+                    ws.send(message)
+                    if '"type":"result"' not in str(ws.recv()):
+                        raise RuntimeError("the WebSocket stream answered with an error")
+
+                out.update(_overhead_fields("ws", _timed_runs(streamed, repeats, warm), inproc_ms))
+            with RestClient(svc.rest_url) as rest:
+                rest_times = _timed_runs(lambda: rest.perceive(frame.image, frame.points), repeats, warm)
+                out.update(_overhead_fields("rest", rest_times, inproc_ms))
+
+            start = time.perf_counter()
+            measure_from = start + warmup_s
+            stop_at = measure_from + duration_s
+            recorder = _LoadRecorder(measure_from)
+            threads = [
+                threading.Thread(target=_ws_load_client, args=(svc.ws_url, message, stop_at, recorder), daemon=True)
+                for _ in range(ws_clients)
+            ] + [
+                threading.Thread(target=_grpc_load_client, args=(svc.grpc_target, request, stop_at, recorder),
+                                 daemon=True)
+                for _ in range(grpc_clients)
+            ]  # fmt: skip
+            for thread in threads:
+                thread.start()
+            time.sleep(max(0.0, measure_from - time.perf_counter()))
+            rss_start = _rss_bytes()
+            for thread in threads:
+                thread.join()
+            measured_s = time.perf_counter() - measure_from
+            rss_end = _rss_bytes()
+    finally:
+        pipeline.close()
+    every = recorder.latencies["websocket"] + recorder.latencies["grpc"]
+    load = _stats(every) if every else {"median_ms": float("nan"), "p90_ms": float("nan"),
+                                         "p99_ms": float("nan"), "runs": 0}  # fmt: skip
+    out.update(load)
+    for protocol, times in recorder.latencies.items():
+        if times:
+            stats = _stats(times)
+            out[f"load_{protocol}_p50_ms"], out[f"load_{protocol}_p99_ms"] = stats["median_ms"], stats["p99_ms"]
+        out[f"load_{protocol}_frames"] = len(times)
+    out.update(
+        {
+            "p50_ms": load["median_ms"],
+            "throughput_fps": len(every) / measured_s,
+            "measured_s": measured_s,
+            "ws_clients": ws_clients,
+            "grpc_clients": grpc_clients,
+            "errors": len(recorder.errors),
+            "error_samples": recorder.errors[:3],
+            "rss_after_warmup_mb": rss_start / 2**20,
+            "rss_end_mb": rss_end / 2**20,
+            "rss_growth_pct": (rss_end - rss_start) / rss_start * 100.0,
+        }
+    )
+    return out
+
+
+def _timed_runs(func: Callable[[], object], repeats: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        func()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        func()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _service_models(tmp: Path) -> tuple[Path, Path, str] | None:
+    """(seg, det, note): the shipped models in models/, else fresh untrained exports (None without torch)."""
+    from perception.service.settings import DEFAULT_DET_MODEL, DEFAULT_SEG_MODEL
+
+    if DEFAULT_SEG_MODEL.is_file() and DEFAULT_DET_MODEL.is_file():
+        return DEFAULT_SEG_MODEL, DEFAULT_DET_MODEL, "shipped models"
+    try:
+        from perception.lidar.sensors import SENSORS
+        from perception.training.export import (
+            build_detection_model,
+            build_segmentation_model,
+            export_detection_onnx,
+            export_segmentation_onnx,
+        )
+    except ImportError:
+        return None
+    seg = export_segmentation_onnx(build_segmentation_model(seed=0), tmp / "squeezeseg.onnx", SENSORS["kitti-front"])
+    det = export_detection_onnx(build_detection_model("squeezedet", seed=0), tmp / "squeezedet.onnx")
+    return seg, det, "fresh untrained exports (no shipped models in models/)"
+
+
+def service_frame() -> Any:
+    """The frame of the service bench: a 360 deg HDL-64E street scan (~120k points) and a KITTI-sized image."""
+    from perception.lidar.sensors import SENSORS
+    from perception.pipeline import Frame
+    from perception.sim.analytic import cast_scan, street_scene
+
+    scan = cast_scan(SENSORS["hdl64e-360"], street_scene(0), seed=0)
+    rng = np.random.default_rng(0)
+    image = np.zeros((375, 1242, 3), np.uint8)
+    image[:187] = (135, 180, 230)
+    image[187:] = (90, 90, 95)
+    image[187:267, 414:574] = (200, 30, 30)
+    image = np.clip(image + rng.integers(0, 8, image.shape), 0, 255).astype(np.uint8)
+    return Frame("bench", 0.0, image=image, points=scan.points)
+
+
+def bench_service(repeats: int, ctx: BenchContext | None = None) -> dict[str, object]:
+    """The REST/WebSocket + gRPC service in this process under concurrent streaming clients
+    (:func:`service_load`): latency, throughput, errors, memory growth, and the protocols' overhead over
+    the in-process pipeline on the same frame (camera + 120k-point LiDAR scan, CPU)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        models = _service_models(Path(tmp))
+        if models is None:
+            return {"median_ms": float("nan"), "p90_ms": float("nan"), "p99_ms": float("nan"), "runs": 0,
+                    "notes": "skipped: needs torch ([train]) or shipped models in models/"}  # fmt: skip
+        seg, det, note = models
+        frame = service_frame()
+        res = service_load(seg, det, frame, repeats=max(3, min(repeats, 30)))
+    res["models"] = note
+    res["frame"] = f"image 1242 x 375 + {len(frame.points)} points"
+    res["notes"] = (
+        f"{res['ws_clients']} WS + {res['grpc_clients']} gRPC stream clients, {res['measured_s']:.0f} s: "
+        f"{res['throughput_fps']:.2f} frames/s, {res['errors']} errors, RSS {res['rss_growth_pct']:+.1f}%; "
+        f"in-process {res['inprocess_median_ms']:.0f} ms, overhead gRPC {res['grpc_overhead_pct']:+.1f}%, "
+        f"WS {res['ws_overhead_pct']:+.1f}%, REST {res['rest_overhead_pct']:+.1f}%; {note}"
+    )
+    return res
+
+
 BENCHMARKS: dict[str, Callable[[int, BenchContext], dict[str, object]]] = {
     "det": bench_det,
     "projection": bench_projection,
     "seg": bench_seg,
     "cluster": bench_clustering,
     "lidar-pipeline": bench_lidar_pipeline,
+    "sim": bench_sim,
+    "service": bench_service,
 }
 
 

@@ -210,7 +210,7 @@ def _architecture_parameters() -> dict[str, int]:
 @user_errors
 def bench(
     target: Annotated[
-        str, typer.Argument(help="What to measure: all, projection, seg, cluster, lidar-pipeline or det.")
+        str, typer.Argument(help="What to measure: all, projection, seg, cluster, lidar-pipeline, det, sim or service.")
     ] = "all",
     repeats: Annotated[int, typer.Option(min=3, help="Timed runs after warm-up.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -305,8 +305,9 @@ def quantize(
 @user_errors
 def simulate(
     out: Annotated[
-        Path, typer.Option("--out", "-o", help="Output directory (KITTI layout: velodyne/, image_2/, ...).")
-    ],
+        Path | None,
+        typer.Option("--out", "-o", help="Output directory (KITTI layout: velodyne/ ...); needed unless --stats."),
+    ] = None,
     frames: Annotated[int, typer.Option(min=1, max=100000, help="Number of frames.")] = 1,
     seed: Annotated[int, typer.Option(help="Dataset seed; each frame's seed is derived from it and its index.")] = 0,
     config: Annotated[str, typer.Option(help="Scene preset (urban, highway) or a YAML/JSON scene config.")] = "urban",
@@ -315,8 +316,31 @@ def simulate(
     world: Annotated[
         str, typer.Option(help="mesh (open3d ray casting, the train extra) or analytic (numpy boxes, no camera).")
     ] = "mesh",
+    stats: Annotated[
+        Path | None,
+        typer.Option(
+            "--stats", help="Generate nothing: compare the squeezeseg/*.npy of this generated set with real scans."
+        ),
+    ] = None,
+    real: Annotated[
+        Path | None, typer.Option(help="With --stats: real SqueezeSeg .npy scans (default: ../shared KITTI samples).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="With --stats: print JSON.")] = False,
 ) -> None:
-    """Generate synthetic driving frames: ray-cast LiDAR scans, camera images and KITTI-format labels."""
+    """Generate synthetic driving frames: ray-cast LiDAR scans, camera images and KITTI-format labels.
+
+    With --stats DIR it generates nothing and prints the statistics of an existing set (valid pixels of
+    the 64 x 512 front view, class shares, range and intensity histograms) beside the real KITTI samples.
+    """
+    if stats is not None:
+        if out is not None:
+            raise ValueError("--stats describes an existing set; leave out --out")
+        _print_sim_stats(stats, real, as_json)
+        return
+    if real is not None or as_json:
+        raise ValueError("--real and --json go with --stats DIR")
+    if out is None:
+        raise ValueError("--out is required (or --stats DIR to describe a generated set)")
     from perception.lidar.sensors import load_sensor
 
     spec = load_sensor(sensor)
@@ -351,6 +375,27 @@ def simulate(
     except ImportError as exc:
         raise ValueError(str(exc)) from None
     console.print(f"wrote {frames} frames to {out} (manifest.json regenerates any of them)", highlight=False)
+
+
+def _print_sim_stats(generated_dir: Path, real_dir: Path | None, as_json: bool) -> None:
+    """``simulate --stats``: statistics of a generated set beside the real samples (a Markdown table or JSON)."""
+    from perception.sim.stats import KITTI_SAMPLES, compare_statistics, directory_statistics, format_comparison
+
+    generated = directory_statistics(generated_dir)
+    real, note = None, None
+    if real_dir is not None:
+        real = directory_statistics(real_dir)
+    elif KITTI_SAMPLES.is_dir() and any(KITTI_SAMPLES.glob("*.npy")):
+        real = directory_statistics(KITTI_SAMPLES)
+    else:
+        note = f"real samples not found at {KITTI_SAMPLES} (pass --real DIR); generated set only"
+    if as_json:
+        print(json.dumps({**compare_statistics(generated, real), "note": note}, indent=1))
+        return
+    names = (f"generated ({generated_dir.name})", f"real ({Path(real['dir']).name})" if real else "real")
+    print(format_comparison(generated, real, names))
+    if note:
+        print(f"\n{note}")
 
 
 DEFAULT_SEG_MODEL = Path("models/squeezeseg_kitti-front.onnx")

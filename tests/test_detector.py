@@ -173,3 +173,16 @@ def test_eval_det_cli_json(tmp_path):
     assert out["pedestrian"]["easy"] < 100.0  # half the pedestrians were missed
     bad = run_cli("eval", "det", "--gt", str(tmp_path / "nope"), "--pred", str(pred_dir))
     assert bad.returncode == 2 and "not a directory" in bad.stderr
+
+
+def test_fresh_squeezedet_starts_with_unit_scale_activations():
+    """conv1's He init accounts for the unnormalised pixel input, so training from scratch is stable."""
+    from perception.training.nets.squeezedet import squeezedet
+
+    model = squeezedet().eval()
+    image = torch.from_numpy(np.random.default_rng(0).uniform(0, 255, (1, 3, 384, 1248)).astype(np.float32))
+    with torch.no_grad():
+        conv1 = torch.relu(model.conv1(model.preprocess(image)))
+        out = model(image)
+    assert 0.2 < float(conv1.std()) < 5.0
+    assert float(out.abs().max()) < 1.0

@@ -87,6 +87,7 @@ from perception.pipeline import (
     InvalidInputError,
     PerceptionResult,
     Pipeline,
+    QueueClosedError,
     StageUnavailableError,
 )
 from perception.service.metrics import CONTENT_TYPE, Metrics
@@ -741,19 +742,24 @@ async def stream_endpoint(websocket: WebSocket) -> None:
     limit = settings.max_body_bytes
 
     async def process() -> None:
-        while (got := await queue.get()) is not None:
-            item, dropped_before = got
-            text, timings = await run_in_threadpool(
-                _answer_stream_item, pipeline, item, dropped_before, websocket.app.state.viewer
-            )
-            if timings:
-                counts["processed"] += 1
-                metrics.observe_stages(timings)
-            else:
-                counts["errors"] += 1
-            await websocket.send_text(text)
-            status = "ok" if timings else "error"
-            metrics.observe_request("websocket", "/v1/stream", status, time.perf_counter() - item.started)
+        try:
+            while (got := await queue.get()) is not None:
+                item, dropped_before = got
+                text, timings = await run_in_threadpool(
+                    _answer_stream_item, pipeline, item, dropped_before, websocket.app.state.viewer
+                )
+                if timings:
+                    counts["processed"] += 1
+                    metrics.observe_stages(timings)
+                else:
+                    counts["errors"] += 1
+                await websocket.send_text(text)
+                status = "ok" if timings else "error"
+                metrics.observe_request("websocket", "/v1/stream", status, time.perf_counter() - item.started)
+        finally:
+            # Sending failed (the client went away) or the stream ended: a receiver waiting for room in the
+            # queue (policy "block" stops reading the socket, so it cannot see the disconnect) must wake up.
+            await queue.close()
 
     worker = asyncio.create_task(process())
     ended = False
@@ -785,8 +791,8 @@ async def stream_endpoint(websocket: WebSocket) -> None:
             )
             await websocket.send_text(end.model_dump_json())
             await websocket.close(code=1000)
-    except WebSocketDisconnect:
-        pass
+    except (WebSocketDisconnect, QueueClosedError):
+        pass  # the client went away (QueueClosedError: noticed by the worker while the receiver waited for room)
     finally:
         if not worker.done():
             worker.cancel()

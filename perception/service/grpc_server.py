@@ -4,7 +4,9 @@ Unary ``Detect``, ``Segment``, ``Perceive`` and bidirectional ``Stream``; images
 RGB with width/height, point clouds as packed little-endian float32 x, y, z, intensity (the payloads of
 :mod:`perception.service.schemas`). Message limits are ``Settings.grpc_max_message_mb`` (default 64 MiB;
 a 120k-point HDL-64E scan is ~1.9 MB). Bad input -> ``INVALID_ARGUMENT``, a missing model ->
-``UNAVAILABLE``, both with a message that says what is wrong; the server keeps serving.
+``UNAVAILABLE``, both with a message that says what is wrong (bytes that are not the request message at all
+included: :class:`MalformedRequestInterceptor`); a message above the limit is ``RESOURCE_EXHAUSTED`` (gRPC's
+own check); the server keeps serving.
 
 ``Stream`` has the WebSocket endpoint's semantics: a reader thread moves requests into a bounded
 :class:`perception.pipeline.FrameQueue` (``stream_queue_size``); policy ``drop`` discards the oldest queued
@@ -214,7 +216,7 @@ class PerceptionServicer(pb_grpc.PerceptionServicer):
     def Stream(  # noqa: N802
         self, request_iterator: Iterator[pb.PerceiveRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.StreamResponse]:
-        queue: FrameQueue[tuple[pb.PerceiveRequest, float, float, int]] = FrameQueue(
+        queue: FrameQueue[tuple[pb.PerceiveRequest | MalformedRequest, float, float, int]] = FrameQueue(
             self.settings.stream_queue_size, self.settings.stream_policy
         )
         metrics = self.metrics
@@ -241,6 +243,10 @@ class PerceptionServicer(pb_grpc.PerceptionServicer):
         try:
             while (got := queue.get()) is not None:
                 (request, received, started, seq), dropped_before = got
+                if isinstance(request, MalformedRequest):
+                    metrics.observe_request("grpc", "Stream.frame", "INVALID_ARGUMENT", time.perf_counter() - started)
+                    yield pb.StreamResponse(error=request.problem, frame_id=str(seq), dropped_before=dropped_before)
+                    continue
                 frame_id = request.frame_id or str(seq)
                 try:
                     result = self._run(self._perceive_frame(request, received))
@@ -266,6 +272,68 @@ class PerceptionServicer(pb_grpc.PerceptionServicer):
             queue.close()
             metrics.active_streams.labels("grpc").dec()
             metrics.observe_request("grpc", "Stream", code.name, time.perf_counter() - start)
+
+
+# --- malformed requests --------------------------------------------------------------------------
+
+
+class MalformedRequest:
+    """What the tolerant deserializer of :class:`MalformedRequestInterceptor` gives for bytes that do not
+    parse as the method's request message (gRPC itself would answer ``INTERNAL``)."""
+
+    __slots__ = ("problem",)
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any]:
+    def parse(data: bytes) -> Any:
+        if deserializer is None:
+            return data
+        try:
+            return deserializer(data)
+        except Exception as exc:  # google.protobuf.message.DecodeError and kin
+            return MalformedRequest(f"the request is not a valid {method} request message (protobuf: {exc})")
+
+    return parse
+
+
+class MalformedRequestInterceptor(grpc.ServerInterceptor):
+    """Unparseable request bytes -> ``INVALID_ARGUMENT`` (unary calls) or an error answer (``Stream``, which
+    goes on), instead of gRPC's ``INTERNAL`` "Exception deserializing request!"."""
+
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self._metrics = metrics
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or not method.startswith(f"/{SERVICE_NAME}/"):
+            return handler
+        name = method.rsplit("/", 1)[-1]
+        kwargs = {
+            "request_deserializer": _tolerant(handler.request_deserializer, name),
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.request_streaming and handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(handler.stream_stream, **kwargs)  # Stream checks each item
+        if handler.request_streaming or handler.response_streaming:
+            return handler  # no such methods in perception.v1 today
+        inner, metrics = handler.unary_unary, self._metrics
+
+        def unary(request: Any, context: grpc.ServicerContext) -> Any:
+            if isinstance(request, MalformedRequest):
+                if metrics is not None:
+                    metrics.observe_request("grpc", name, "INVALID_ARGUMENT", 0.0)
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.problem)
+            return inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
 
 
 # --- API key -------------------------------------------------------------------------------------
@@ -337,10 +405,11 @@ class GrpcServer:
         self.pipeline = pipeline
         self.metrics = metrics or Metrics()
         limit = settings.grpc_max_message_bytes
-        interceptors = []
+        interceptors: list[grpc.ServerInterceptor] = []
         key = settings.api_key_value()
         if key is not None:
             interceptors.append(ApiKeyInterceptor(key, self.metrics))
+        interceptors.append(MalformedRequestInterceptor(self.metrics))  # inside the key check: auth comes first
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=settings.grpc_workers, thread_name_prefix="perception-grpc"),
             interceptors=interceptors,

@@ -27,6 +27,10 @@ from torch import nn
 from perception.training.nets.blocks import Fire
 
 BGR_MEANS = (103.939, 116.779, 123.68)
+# Spread of mean-subtracted pixel values (ImageNet's per-channel std is 57-58 on the 0-255 scale). The
+# network keeps the original's unnormalised input; conv1's He initialisation is divided by this so that
+# training from scratch starts with unit-scale activations (the original started from ImageNet weights).
+PIXEL_STD = 58.0
 INPUT_WIDTH, INPUT_HEIGHT = 1248, 384
 NUM_ANCHORS_PER_CELL = 9
 DET_CLASSES = ("car", "pedestrian", "cyclist")
@@ -130,6 +134,8 @@ class SqueezeDet(nn.Module):
             if isinstance(module, nn.Conv2d) and module is not self.convdet:
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
                 nn.init.zeros_(module.bias)
+        with torch.no_grad():
+            self.conv1.weight /= PIXEL_STD
         nn.init.normal_(self.convdet.weight, std=1e-4)
         nn.init.zeros_(self.convdet.bias)
 
