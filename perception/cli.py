@@ -699,6 +699,10 @@ def export_seg(
     crf_window: Annotated[str, typer.Option(help="CRF window, rows x columns, e.g. 3x5.")] = "3x5",
     opset: Annotated[int, typer.Option(min=17)] = 17,
     seed: Annotated[int, typer.Option(help="Seed for fresh weights.")] = 0,
+    block: Annotated[
+        str | None,
+        typer.Option(help="Encoder blocks for fresh weights: fire, squeezenext or shift (default: the checkpoint's)."),
+    ] = None,
 ) -> None:
     """Export SqueezeSeg (+ CRF) to ONNX and check torch vs ONNX Runtime on a random input."""
     import numpy as np
@@ -719,10 +723,15 @@ def export_seg(
     except ValueError:
         raise ValueError(f"--crf-window must look like 3x5, got {crf_window!r}") from None
     spec = load_sensor(sensor)
-    model = build_segmentation_model(checkpoint, crf=crf, crf_iterations=crf_iterations, crf_window=(kh, kw), seed=seed)
+    if block is not None and block not in ("fire", "squeezenext", "shift"):
+        raise ValueError(f"--block must be fire, squeezenext or shift, got {block!r}")
+    model = build_segmentation_model(
+        checkpoint, crf=crf, crf_iterations=crf_iterations, crf_window=(kh, kw), seed=seed, block=block
+    )
     metadata = {"weights": str(checkpoint) if checkpoint else f"freshly initialised (seed {seed}), untrained"}
     path = export_segmentation_onnx(model, out, spec, opset=opset, metadata=metadata)
-    arch = "SqueezeSeg" + (f" + recurrent CRF ({crf_iterations} iterations, {kh}x{kw})" if crf else "")
+    arch = "SqueezeSeg" + ("" if model.block == "fire" else f" ({model.block} blocks)")
+    arch += f" + recurrent CRF ({crf_iterations} iterations, {kh}x{kw})" if crf else ""
     write_export_card(model, path, "segmentation", arch, f"range image 5 x {spec.height} x {spec.width} ({spec.name})",
                       opset, checkpoint)  # fmt: skip
     rng = np.random.default_rng(seed)
@@ -748,6 +757,10 @@ def export_det(
     variant: Annotated[str, typer.Option(help="squeezedet or squeezedet+.")] = "squeezedet",
     opset: Annotated[int, typer.Option(min=17)] = 17,
     seed: Annotated[int, typer.Option(help="Seed for fresh weights.")] = 0,
+    block: Annotated[
+        str | None,
+        typer.Option(help="Encoder blocks for fresh weights: fire, squeezenext or shift (default: the checkpoint's)."),
+    ] = None,
 ) -> None:
     """Export SqueezeDet / SqueezeDet+ to ONNX and check torch vs ONNX Runtime on a random frame."""
     import numpy as np
@@ -761,10 +774,13 @@ def export_det(
         )
     except ImportError as exc:
         raise ValueError(f"export needs the [train] extra ({exc.name} is not installed)") from None
-    model = build_detection_model(variant, checkpoint, seed=seed)
+    if block is not None and block not in ("fire", "squeezenext", "shift"):
+        raise ValueError(f"--block must be fire, squeezenext or shift, got {block!r}")
+    model = build_detection_model(variant, checkpoint, seed=seed, block=block)
     metadata = {"weights": str(checkpoint) if checkpoint else f"freshly initialised (seed {seed}), untrained"}
     path = export_detection_onnx(model, out, opset=opset, metadata=metadata)
-    write_export_card(model, path, "detection", model.variant.name, "RGB image 3 x 384 x 1248", opset, checkpoint)
+    arch = model.variant.name + ("" if model.block == "fire" else f" ({model.block} blocks)")
+    write_export_card(model, path, "detection", arch, "RGB image 3 x 384 x 1248", opset, checkpoint)
     image = (np.random.default_rng(seed).random((1, 3, 384, 1248)) * 255).astype(np.float32)
     diff = compare_detection_with_onnxruntime(model, path, image)
     console.print(

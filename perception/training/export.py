@@ -67,6 +67,7 @@ def export_segmentation_onnx(
     meta = {
         "perception.task": "segmentation",
         "perception.architecture": "squeezeseg" + ("+crf" if crf is not None else ""),
+        "perception.block": model.block,
         "perception.sensor": json.dumps(sensor.to_dict()),
         "perception.input_height": str(height),
         "perception.input_width": str(width),
@@ -101,20 +102,23 @@ def build_segmentation_model(
     crf_window: tuple[int, int] = cfg.CRF_WINDOW,
     seed: int = 0,
     crf_form: str | None = None,
+    block: str | None = None,
 ) -> SqueezeSeg:
     """SqueezeSeg from a checkpoint (a state dict, or a dict with ``model``), or freshly initialised from ``seed``.
 
-    ``crf_form`` None: the form the trainer recorded in the checkpoint's config, else ``original``.
+    ``crf_form`` and ``block`` None: what the trainer recorded in the checkpoint's config, else the
+    paper's (``original``, ``fire``).
     """
     from perception.training.nets.squeezeseg import squeezeseg, squeezeseg_without_crf
 
-    if crf_form is None:
-        crf_form = _checkpoint_config(checkpoint).get("crf_form", "original") if checkpoint is not None else "original"
+    recorded = _checkpoint_config(checkpoint) if checkpoint is not None else {}
+    crf_form = crf_form or recorded.get("crf_form", "original")
+    block = block or recorded.get("block", "fire")
     torch.manual_seed(seed)
     model = (
-        squeezeseg(crf_iterations=crf_iterations, crf_window=crf_window, crf_form=crf_form)  # type: ignore[arg-type]
+        squeezeseg(crf_iterations=crf_iterations, crf_window=crf_window, crf_form=crf_form, block=block)  # type: ignore[arg-type]
         if crf
-        else squeezeseg_without_crf()
+        else squeezeseg_without_crf(block=block)  # type: ignore[arg-type]
     )
     if checkpoint is not None:
         _load_weights(model, checkpoint)
@@ -198,6 +202,7 @@ def export_detection_onnx(
     meta = {
         "perception.task": "detection",
         "perception.architecture": model.variant.name,
+        "perception.block": model.block,
         "perception.input_width": str(INPUT_WIDTH),
         "perception.input_height": str(INPUT_HEIGHT),
         "perception.grid": json.dumps([grid_w, grid_h]),
@@ -214,16 +219,23 @@ def _user_metadata(metadata: dict[str, Any] | None) -> dict[str, str]:
 
 
 def build_detection_model(
-    variant: str = "squeezedet", checkpoint: str | os.PathLike[str] | None = None, seed: int = 0
+    variant: str = "squeezedet",
+    checkpoint: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    block: str | None = None,
 ) -> SqueezeDet:
-    """SqueezeDet or SqueezeDet+ from a checkpoint, or freshly initialised from ``seed``."""
+    """SqueezeDet or SqueezeDet+ from a checkpoint, or freshly initialised from ``seed``.
+
+    ``block`` None: the backbone blocks the trainer recorded in the checkpoint's config, else ``fire``.
+    """
     from perception.training.nets.squeezedet import squeezedet, squeezedet_plus
 
     builders = {"squeezedet": squeezedet, "squeezedet+": squeezedet_plus, "squeezedet-plus": squeezedet_plus}
     if variant not in builders:
         raise ValueError(f"unknown detector {variant!r}; use squeezedet or squeezedet+")
+    block = block or (_checkpoint_config(checkpoint).get("block", "fire") if checkpoint is not None else "fire")
     torch.manual_seed(seed)
-    model = builders[variant]()
+    model = builders[variant](block=block)  # type: ignore[operator]
     if checkpoint is not None:
         _load_weights(model, checkpoint)
     return model.eval()

@@ -72,6 +72,8 @@ class TrainConfig:
     class_weights: tuple[float, ...] | None = None
     # detection
     variant: str = "squeezedet"
+    # encoder blocks of either model: fire (the papers'), squeezenext or shift (lighter; nets/blocks.py)
+    block: str = "fire"
     drift: tuple[int, int] = (150, 100)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -96,6 +98,8 @@ class TrainConfig:
         if cfg.steps < 1 or cfg.batch_size < 1:
             raise ValueError("steps and batch_size must be >= 1")
         cfg.drift = tuple(cfg.drift)  # type: ignore[assignment]
+        if cfg.block not in ("fire", "squeezenext", "shift"):
+            raise ValueError(f"block must be fire, squeezenext or shift, got {cfg.block!r}")
         if cfg.crf_form not in ("original", "standard"):
             raise ValueError(f"crf_form must be original or standard, got {cfg.crf_form!r}")
         if cfg.class_weights is not None:
@@ -167,9 +171,9 @@ class SegmentationTask(TrainingTask):
 
         self.cfg = cfg
         self.model = (
-            squeezeseg(crf_iterations=cfg.crf_iterations, crf_form=cfg.crf_form)  # type: ignore[arg-type]
+            squeezeseg(crf_iterations=cfg.crf_iterations, crf_form=cfg.crf_form, block=cfg.block)  # type: ignore[arg-type]
             if cfg.crf
-            else squeezeseg_without_crf()
+            else squeezeseg_without_crf(block=cfg.block)  # type: ignore[arg-type]
         )
 
         def make(root: str, split: str | None, train: bool) -> Any:
@@ -237,7 +241,7 @@ class DetectionTask(TrainingTask):
         builders = {"squeezedet": squeezedet, "squeezedet+": squeezedet_plus}
         if cfg.variant not in builders:
             raise ValueError(f"unknown detector variant {cfg.variant!r}")
-        self.model = builders[cfg.variant]()
+        self.model = builders[cfg.variant](block=cfg.block)  # type: ignore[arg-type]
         grid_w, grid_h = self.model.variant.grid
         self.anchors = squeezedet_anchors(grid_w=grid_w, grid_h=grid_h)
         self.train_set = KittiDetectionDataset(cfg.data, cfg.train_split, augment=True, drift=cfg.drift, seed=cfg.seed)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from perception.training.nets.blocks import Fire
+from perception.training.nets.blocks import BlockName, SqueezeNextFire, make_block
 
 BGR_MEANS = (103.939, 116.779, 123.68)
 # Spread of mean-subtracted pixel values (ImageNet's per-channel std is 57-58 on the 0-255 scale). The
@@ -107,9 +107,11 @@ class SqueezeDet(nn.Module):
         num_classes: int = len(DET_CLASSES),
         anchors_per_cell: int = NUM_ANCHORS_PER_CELL,
         dropout: float = 0.5,
+        block: BlockName = "fire",
     ) -> None:
         super().__init__()
         self.variant = variant
+        self.block = block
         self.num_classes = num_classes
         self.anchors_per_cell = anchors_per_cell
         self.register_buffer("bgr_means", torch.tensor(BGR_MEANS, dtype=torch.float32).view(1, 3, 1, 1))
@@ -119,7 +121,7 @@ class SqueezeDet(nn.Module):
         layers: list[nn.Module] = []
         channels = filters
         for name, squeeze, e1, e3 in variant.fires:
-            fire = Fire(channels, squeeze, e1, e3)
+            fire = make_block(block, channels, squeeze, e1, e3)
             self.add_module(name, fire)
             layers.append(fire)
             channels = fire.out_channels
@@ -134,6 +136,9 @@ class SqueezeDet(nn.Module):
             if isinstance(module, nn.Conv2d) and module is not self.convdet:
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
                 nn.init.zeros_(module.bias)
+        for module in self.modules():
+            if isinstance(module, SqueezeNextFire):
+                module.scale_residual_branch()
         with torch.no_grad():
             self.conv1.weight /= PIXEL_STD
         nn.init.normal_(self.convdet.weight, std=1e-4)
@@ -163,11 +168,14 @@ class SqueezeDet(nn.Module):
         return class_logits, confidence, deltas
 
 
-def squeezedet(num_classes: int = len(DET_CLASSES)) -> SqueezeDet:
-    """SqueezeDet (about 2 M parameters, 78 x 24 x 9 anchors at 1248 x 384)."""
-    return SqueezeDet(SQUEEZEDET, num_classes)
+def squeezedet(num_classes: int = len(DET_CLASSES), block: BlockName = "fire") -> SqueezeDet:
+    """SqueezeDet (about 2 M parameters, 78 x 24 x 9 anchors at 1248 x 384).
+
+    ``block``: the backbone's blocks, ``fire`` (the paper's), ``squeezenext`` or ``shift`` (lighter).
+    """
+    return SqueezeDet(SQUEEZEDET, num_classes, block=block)
 
 
-def squeezedet_plus(num_classes: int = len(DET_CLASSES)) -> SqueezeDet:
+def squeezedet_plus(num_classes: int = len(DET_CLASSES), block: BlockName = "fire") -> SqueezeDet:
     """SqueezeDet+ (about 7 M parameters, 76 x 22 x 9 anchors at 1248 x 384)."""
-    return SqueezeDet(SQUEEZEDET_PLUS, num_classes)
+    return SqueezeDet(SQUEEZEDET_PLUS, num_classes, block=block)

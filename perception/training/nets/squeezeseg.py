@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from perception.lidar import squeezeseg_config as cfg
-from perception.training.nets.blocks import Fire
+from perception.training.nets.blocks import BlockName, Fire, SqueezeNextFire, make_block
 from perception.training.nets.crf import CRFForm, RecurrentCRF
 
-__all__ = ["Fire", "FireDeconv", "SqueezeSeg", "squeezeseg", "squeezeseg_without_crf"]
+__all__ = ["Fire", "FireDeconv", "SqueezeSeg", "make_block", "squeezeseg", "squeezeseg_without_crf"]
 
 
 def bilinear_upsample_kernel(channels: int, size: tuple[int, int]) -> torch.Tensor:
@@ -74,24 +74,26 @@ class SqueezeSeg(nn.Module):
         dropout: float = 1.0 - cfg.DROPOUT_KEEP_PROB,
         input_mean: tuple[float, ...] = cfg.INPUT_MEAN,
         input_std: tuple[float, ...] = cfg.INPUT_STD,
+        block: BlockName = "fire",
     ) -> None:
         super().__init__()
         self.num_classes = num_classes
+        self.block = block
         self.register_buffer("input_mean", torch.tensor(input_mean, dtype=torch.float32).view(1, 5, 1, 1))
         self.register_buffer("input_std", torch.tensor(input_std, dtype=torch.float32).view(1, 5, 1, 1))
         self.conv1 = nn.Conv2d(5, 64, 3, stride=(1, 2))
         self.conv1_skip = nn.Conv2d(5, 64, 1)
         self.pool1 = _azimuth_pool()
-        self.fire2 = Fire(64, 16, 64, 64)
-        self.fire3 = Fire(128, 16, 64, 64)
+        self.fire2 = make_block(block, 64, 16, 64, 64)
+        self.fire3 = make_block(block, 128, 16, 64, 64)
         self.pool3 = _azimuth_pool()
-        self.fire4 = Fire(128, 32, 128, 128)
-        self.fire5 = Fire(256, 32, 128, 128)
+        self.fire4 = make_block(block, 128, 32, 128, 128)
+        self.fire5 = make_block(block, 256, 32, 128, 128)
         self.pool5 = _azimuth_pool()
-        self.fire6 = Fire(256, 48, 192, 192)
-        self.fire7 = Fire(384, 48, 192, 192)
-        self.fire8 = Fire(384, 64, 256, 256)
-        self.fire9 = Fire(512, 64, 256, 256)
+        self.fire6 = make_block(block, 256, 48, 192, 192)
+        self.fire7 = make_block(block, 384, 48, 192, 192)
+        self.fire8 = make_block(block, 384, 64, 256, 256)
+        self.fire9 = make_block(block, 512, 64, 256, 256)
         self.fdeconv10 = FireDeconv(512, 64, 128, 128)
         self.fdeconv11 = FireDeconv(256, 32, 64, 64)
         self.fdeconv12 = FireDeconv(128, 16, 32, 32)
@@ -106,6 +108,9 @@ class SqueezeSeg(nn.Module):
             if isinstance(module, nn.Conv2d) and module is not self.conv14 and not self._is_crf(module):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
                 nn.init.zeros_(module.bias)
+        for module in self.modules():
+            if isinstance(module, SqueezeNextFire):
+                module.scale_residual_branch()
         nn.init.normal_(self.conv14.weight, std=0.01)
         nn.init.zeros_(self.conv14.bias)
 
@@ -134,15 +139,19 @@ class SqueezeSeg(nn.Module):
 
 
 def squeezeseg(num_classes: int = cfg.NUM_CLASSES, crf_iterations: int = cfg.CRF_ITERATIONS,
-               crf_window: tuple[int, int] = cfg.CRF_WINDOW, crf_form: CRFForm = "original") -> SqueezeSeg:  # fmt: skip
-    """SqueezeSeg with the recurrent CRF (the paper's model; ``crf_form="standard"``: CRF-as-RNN's form)."""
+               crf_window: tuple[int, int] = cfg.CRF_WINDOW, crf_form: CRFForm = "original",
+               block: BlockName = "fire") -> SqueezeSeg:  # fmt: skip
+    """SqueezeSeg with the recurrent CRF (the paper's model; ``crf_form="standard"``: CRF-as-RNN's form).
+
+    ``block``: the encoder's blocks, ``fire`` (the paper's), ``squeezenext`` or ``shift`` (lighter).
+    """
     crf = RecurrentCRF(num_classes, iterations=crf_iterations, window=crf_window, form=crf_form)
-    return SqueezeSeg(num_classes, crf=crf)
+    return SqueezeSeg(num_classes, crf=crf, block=block)
 
 
-def squeezeseg_without_crf(num_classes: int = cfg.NUM_CLASSES) -> SqueezeSeg:
+def squeezeseg_without_crf(num_classes: int = cfg.NUM_CLASSES, block: BlockName = "fire") -> SqueezeSeg:
     """SqueezeSeg without the CRF (the paper's ablation, and a faster model)."""
-    return SqueezeSeg(num_classes, crf=None)
+    return SqueezeSeg(num_classes, crf=None, block=block)
 
 
 def count_parameters(model: nn.Module) -> int:
