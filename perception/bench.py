@@ -265,6 +265,30 @@ def _int8_note(fields: dict[str, Any]) -> str:
     )
 
 
+LIGHTER_BLOCKS = ("squeezenext", "shift")
+
+
+def _lighter_seg_variants(
+    tmp: Path, feeds: dict[str, np.ndarray], fire_ms: float, repeats: int, ctx: BenchContext
+) -> dict[str, float]:
+    """SqueezeSeg + CRF with SqueezeNext and Shift encoder blocks, timed beside the Fire model (ORT CPU)."""
+    import onnxruntime as ort
+
+    from perception.lidar.sensors import SENSORS
+    from perception.training.export import build_segmentation_model, export_segmentation_onnx
+
+    out: dict[str, float] = {}
+    for block in LIGHTER_BLOCKS:
+        model = build_segmentation_model(crf=True, seed=0, block=block, crf_form="standard")
+        path = export_segmentation_onnx(model, tmp / f"seg_{block}.onnx", SENSORS["kitti-front"])
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        median = time_function(lambda s=session: s.run(["logits"], feeds), repeats)["median_ms"]
+        out[f"{block}_median_ms"] = median
+        out[f"{block}_vs_fire_speedup"] = fire_ms / median
+        out.update(flop_fields(block, path, median, ctx))
+    return out
+
+
 def bench_seg(repeats: int, ctx: BenchContext | None = None) -> dict[str, object]:
     """SqueezeSeg forward at 64 x 512, batch 1: ONNX Runtime (CPU) with and without the CRF, torch eager,
     FLOPs and GFLOP/s, and INT8 vs FP32 (CRF kept FP32, see :mod:`perception.runtime.quantize`).
@@ -318,6 +342,7 @@ def bench_seg(repeats: int, ctx: BenchContext | None = None) -> dict[str, object
             if crf:
                 int8 = _int8_comparison("seg", path, session, feeds, "logits", timed["median_ms"], repeats, ctx,
                                         Path(tmp))  # fmt: skip
+        lighter = _lighter_seg_variants(Path(tmp), feeds, results["ort_crf=True"]["median_ms"], repeats, ctx)
     main: dict[str, Any] = dict(results["ort_crf=True"])
     ort_crf, ort_plain = main["median_ms"], results["ort_crf=False"]["median_ms"]
     main.update({"ort_without_crf_median_ms": ort_plain, "crf_share_of_ort_time": (ort_crf - ort_plain) / ort_crf})
@@ -339,9 +364,13 @@ def bench_seg(repeats: int, ctx: BenchContext | None = None) -> dict[str, object
             }
         )
         eager_note = f"torch eager {eager_crf:.1f} ms (+CRF)"
-    main.update({**probe, **flops, **int8})
+    main.update({**probe, **flops, **int8, **lighter})
+    lighter_note = "".join(
+        f"; {b} blocks {lighter[f'{b}_median_ms']:.1f} ms ({lighter[f'{b}_vs_fire_speedup']:.2f}x)"
+        for b in LIGHTER_BLOCKS
+    )
     main["notes"] = (
-        f"ORT CPU +CRF; without CRF {ort_plain:.1f} ms; {eager_note}"
+        f"ORT CPU +CRF; without CRF {ort_plain:.1f} ms; {eager_note}{lighter_note}"
         + _flop_note(main, "ort", "+CRF")
         + _flop_note(main, "ort_without_crf", "without CRF")
         + _int8_note(main)
