@@ -175,3 +175,16 @@ def test_export_builds_the_crf_form_the_checkpoint_was_trained_with(tmp_path):
     assert build_segmentation_model(path).crf.form == "original"
     with pytest.raises(ValueError, match="crf_form"):
         TrainConfig.from_dict({"crf_form": "fancy"})
+
+
+def test_adam_option_resumes_exactly_and_records_its_optimizer(scan_dir, tmp_path):
+    kw = dict(optimizer="adam", lr=1e-3, block="shift")
+    full = train(seg_config(scan_dir, tmp_path / "a", **kw))
+    train(seg_config(scan_dir, tmp_path / "b", steps=2, **kw))
+    resumed = train(seg_config(scan_dir, tmp_path / "b", **kw), resume=True)
+    assert resumed["losses"] == full["losses"][2:]
+    state = torch.load(tmp_path / "b" / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)
+    assert state["config"]["optimizer"] == "adam" and state["config"]["block"] == "shift"
+    assert "exp_avg_sq" in next(iter(state["optimizer"]["state"].values()))  # Adam's second moment
+    with pytest.raises(ValueError, match="optimizer must be"):
+        TrainConfig.from_dict({"optimizer": "lion"})
