@@ -61,4 +61,3 @@ def test_shipped_segmenter_finds_cars_on_unseen_frames_far_better_than_untrained
     assert shipped["car"]["iou"] >= CAR_IOU_FLOOR
     assert shipped["car"]["iou"] >= untrained["car"]["iou"] + 30
     assert shipped["unknown"]["iou"] >= UNKNOWN_IOU_FLOOR
-
