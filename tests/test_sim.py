@@ -415,3 +415,18 @@ def test_lidar_sees_pedestrians_and_cyclists_with_their_labels():
         sel = scan.instances == actor.instance
         assert sel.sum() > 50 and np.all(scan.labels[sel] == actor.label)
         assert actor.box.contains(scan.points[sel], margin=0.12).all()
+
+
+def test_parallel_workers_write_the_same_files_bit_for_bit(dataset, tmp_path):
+    from perception.sim.dataset import FrameSummary, generate_dataset
+
+    root, frames = dataset
+    summaries: list[FrameSummary] = []
+    generate_dataset(tmp_path / "par", "urban", frames=3, seed=SEED, workers=2, progress=summaries.append)
+    assert [s.frame_id for s in summaries] == ["000000", "000001", "000002"]
+    assert [s.num_points for s in summaries] == [f.num_points for f in frames]
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "manifest.json"):
+        twin = tmp_path / "par" / path.relative_to(root)
+        assert twin.read_bytes() == path.read_bytes(), path.relative_to(root)
+    with pytest.raises(ValueError, match="workers"):
+        generate_dataset(tmp_path / "bad", "urban", frames=1, workers=0)

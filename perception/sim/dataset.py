@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import json
 import math
+import multiprocessing
 import os
 import time
 import warnings
 from collections.abc import Callable, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +80,10 @@ class FrameData:
     @property
     def label_objects(self) -> list[KittiObject]:
         return label_lines(self.annotations)
+
+    @property
+    def num_points(self) -> int:
+        return len(self.scan.points)
 
     def stats(self) -> dict[str, Any]:
         """Deterministic per-frame statistics (counts only)."""
@@ -202,6 +208,26 @@ def _resolve_sensor(sensor: str | PathLike | SensorSpec) -> SensorSpec:
     return sensor if isinstance(sensor, SensorSpec) else load_sensor(sensor)
 
 
+@dataclass(frozen=True)
+class FrameSummary:
+    """What a worker process reports about a frame it simulated and wrote (the frame stays in the worker)."""
+
+    frame_id: str
+    seed: int
+    num_points: int
+    label_objects: list[KittiObject]
+    timings_ms: dict[str, float]
+    stats: dict[str, Any]
+
+
+def _simulate_and_write(
+    root: Path, config: Mapping[str, Any], seed: int, sensor: SensorSpec, camera: bool, frame_id: str, nthreads: int
+) -> FrameSummary:
+    frame = simulate_frame(config, seed, sensor, camera, frame_id, nthreads)
+    write_frame(root, frame)
+    return FrameSummary(frame_id, seed, frame.num_points, frame.label_objects, frame.timings_ms, frame.stats())
+
+
 def split_of(index: int, val_fraction: float) -> str:
     """``val`` for an evenly spread ``val_fraction`` of frame indices, else ``train``."""
     return "val" if math.floor((index + 1) * val_fraction) > math.floor(index * val_fraction) else "train"
@@ -215,32 +241,47 @@ def generate_dataset(
     sensor: str | PathLike | SensorSpec = "hdl64e-360",
     camera: bool = True,
     *,
-    progress: Callable[[FrameData], None] | None = None,
+    progress: Callable[[FrameData | FrameSummary], None] | None = None,
     nthreads: int = 0,
+    workers: int = 1,
 ) -> Path:
     """Simulate ``frames`` frames and write them in the KITTI layout under ``out_dir``; returns ``out_dir``.
 
     ``config`` is a preset name (``urban``, ``highway``), a YAML/JSON file or a mapping overriding the
     defaults (see :mod:`perception.sim.config`); ``sensor`` a built-in sensor name, a spec file or a
     :class:`SensorSpec`. ``progress`` is called with each frame once it is written (its ``timings_ms``
-    filled in). ``nthreads`` is open3d's ray-casting thread count (0: all cores). Needs open3d.
+    filled in). ``nthreads`` is open3d's ray-casting thread count (0: all cores). ``workers`` > 1 simulates
+    frames in that many processes (each frame depends only on its own seed, so the output is the same
+    bit for bit); ``progress`` then gets a :class:`FrameSummary`, in frame order. Needs open3d.
     """
     if frames < 0:
         raise ValueError("frames must be >= 0")
+    if workers < 1:
+        raise ValueError("workers must be >= 1")
     cfg = load_config(config)
     spec = _resolve_sensor(sensor)
     root = Path(out_dir)
     root.mkdir(parents=True, exist_ok=True)
     val_fraction = float(cfg["dataset"]["val_fraction"])
     entries = []
-    for k in range(frames):
-        fid = frame_id_of(k)
-        fseed = frame_seed(seed, k)
-        frame = simulate_frame(cfg, fseed, spec, camera, fid, nthreads)
-        write_frame(root, frame)
-        entries.append({"id": fid, "seed": fseed, "split": split_of(k, val_fraction), "stats": frame.stats()})
-        if progress is not None:
-            progress(frame)
+    if workers > 1 and frames > 1:
+        jobs = [(root, cfg, frame_seed(seed, k), spec, camera, frame_id_of(k), nthreads) for k in range(frames)]
+        context = multiprocessing.get_context("spawn")  # open3d and BLAS threads do not survive fork safely
+        with ProcessPoolExecutor(max_workers=min(workers, frames), mp_context=context) as pool:
+            for k, summary in enumerate(pool.map(_simulate_and_write, *zip(*jobs, strict=True))):
+                entries.append({"id": summary.frame_id, "seed": summary.seed, "split": split_of(k, val_fraction),
+                                "stats": summary.stats})  # fmt: skip
+                if progress is not None:
+                    progress(summary)
+    else:
+        for k in range(frames):
+            fid = frame_id_of(k)
+            fseed = frame_seed(seed, k)
+            frame = simulate_frame(cfg, fseed, spec, camera, fid, nthreads)
+            write_frame(root, frame)
+            entries.append({"id": fid, "seed": fseed, "split": split_of(k, val_fraction), "stats": frame.stats()})
+            if progress is not None:
+                progress(frame)
     for split in ("train", "val"):
         ids = [e["id"] for e in entries if e["split"] == split]
         atomic_write_text(root / "ImageSets" / f"{split}.txt", "".join(i + "\n" for i in ids))
