@@ -67,16 +67,18 @@ def render_markdown(card: dict[str, Any]) -> str:
     for name, entry in metrics.items():
         lines += [f"### {name}", "", f"Data: {entry['data']}", "", f"Command: `{entry['command']}`", ""]
         values = entry["values"]
-        first = next(iter(values.values()), None)
-        if isinstance(first, dict):
-            columns = list(first)
+        first = next((row for row in values.values() if isinstance(row, dict)), {})
+        columns = list(first)
+        rows = {name: row for name, row in values.items() if isinstance(row, dict) and list(row) == columns}
+        if rows:  # per-class tables; the other entries (frames, metric, counts) follow as a list
             lines.append("| class | " + " | ".join(columns) + " |")
             lines.append("|---" * (len(columns) + 1) + "|")
-            for row_name, row in values.items():
+            for row_name, row in rows.items():
                 lines.append(f"| {row_name} | " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
-        else:
-            for key, value in values.items():
-                lines.append(f"- {key}: {_fmt(value)}")
+            lines.append("")
+        for key, value in values.items():
+            if key not in rows:
+                lines.append(f"- {key}: {json.dumps(value) if isinstance(value, dict | list) else _fmt(value)}")
         lines.append("")
     shown = {"name", "task", "architecture", "input", "parameters", "onnx_opset", "sha256", "file_size_bytes",
              "training", "metrics", "notes"}  # fmt: skip
