@@ -40,14 +40,7 @@ def _stats(times_s: list[float]) -> dict[str, float]:
 
 
 def time_function(func: Callable[[], object], repeats: int, warmup: int = 3) -> dict[str, float]:
-    for _ in range(warmup):
-        func()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - start)
-    return _stats(times)
+    return _stats(_timed_runs(func, repeats, warmup))
 
 
 def blas_name() -> str:

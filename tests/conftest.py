@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,28 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 KITTI_SAMPLES = REPO.parent / "shared" / "data" / "kitti_samples"
 SAMPLE_DIR = REPO / "sim_data" / "sample"
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (for a test server)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env(models: tuple[Path, Path], port: int, grpc_port: int, **settings: str) -> dict[str, str]:
+    """This process's environment plus a test server's settings: both ports, both models, CPU, quiet logs;
+    ``settings`` add more (``stream_policy="block"`` -> ``PERCEPTION_STREAM_POLICY=block``)."""
+    return {
+        **os.environ,
+        "PERCEPTION_PORT": str(port),
+        "PERCEPTION_GRPC_PORT": str(grpc_port),
+        "PERCEPTION_SEG_MODEL": str(models[0]),
+        "PERCEPTION_DET_MODEL": str(models[1]),
+        "PERCEPTION_PROVIDERS": "cpu",
+        "PERCEPTION_LOG_LEVEL": "warning",
+        **{f"PERCEPTION_{key.upper()}": value for key, value in settings.items()},
+    }
 
 
 def kitti_sample_scans() -> list[Path]:

@@ -10,7 +10,6 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from .conftest import REPO
+from .conftest import REPO, free_port
 from .test_pipeline import exported_models, models_root
 
 DOCKERFILES = sorted((REPO / "docker").glob("Dockerfile*"))
@@ -313,12 +312,6 @@ def test_compose_profiles_cpu_variant_and_bag_replay():
 
 
 # --- the image's command from a clean virtual environment ------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

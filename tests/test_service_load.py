@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
 import queue
 import signal
 import socket
@@ -25,6 +24,7 @@ from perception.pipeline import Frame
 from perception.service.server import RunningService, serve_in_background
 from perception.service.settings import Settings
 
+from .conftest import free_port, server_env
 from .test_pipeline import exported_models, models_root, shared_pipeline
 
 GIVE_UP_S = 60.0  # only bounds a wait for something that should happen in well under a second
@@ -107,25 +107,9 @@ def test_a_grpc_client_that_cancels_mid_stream_leaves_no_thread_behind(models, s
             assert client.segment(street_scan.points[:2000])["num_points"] == 2000
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_sigterm_lets_in_flight_rest_requests_and_grpc_streams_finish(models, street_scan, tmp_path):
     port, grpc_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "PERCEPTION_PORT": str(port),
-        "PERCEPTION_GRPC_PORT": str(grpc_port),
-        "PERCEPTION_SEG_MODEL": str(models[0]),
-        "PERCEPTION_DET_MODEL": str(models[1]),
-        "PERCEPTION_PROVIDERS": "cpu",
-        "PERCEPTION_STREAM_POLICY": "block",
-        "PERCEPTION_SHUTDOWN_GRACE_S": "30",
-        "PERCEPTION_LOG_LEVEL": "warning",
-    }
+    env = server_env(models, port, grpc_port, stream_policy="block", shutdown_grace_s="30")
     log = tmp_path / "server.log"
     with open(log, "w") as out:
         code = "from perception.service.server import run_server; run_server()"

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import itertools
 import json
-import os
 import re
 import signal
 import socket
@@ -32,7 +31,7 @@ from perception.service.schemas import (
 from perception.service.server import serve_in_background
 from perception.service.settings import Settings
 
-from .conftest import KITTI_SAMPLES
+from .conftest import KITTI_SAMPLES, free_port, server_env
 from .test_pipeline import exported_models, models_root, shared_pipeline, synthetic_image
 
 API_KEY = "s3cret-key"
@@ -412,26 +411,12 @@ def test_metrics_count_requests_by_endpoint_and_status_and_time_the_stages(clien
 # --- run_server: one process, both servers, graceful shutdown ------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_run_server_serves_rest_and_grpc_and_stops_cleanly_on_sigterm(models, tmp_path):
     pytest.importorskip("grpc_health")
     from perception.client import GrpcClient
 
     port, grpc_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "PERCEPTION_PORT": str(port),
-        "PERCEPTION_GRPC_PORT": str(grpc_port),
-        "PERCEPTION_SEG_MODEL": str(models[0]),
-        "PERCEPTION_DET_MODEL": str(models[1]),
-        "PERCEPTION_PROVIDERS": "cpu",
-        "PERCEPTION_LOG_LEVEL": "warning",
-    }
+    env = server_env(models, port, grpc_port)
     code = "from perception.service.server import run_server; run_server()"
     log = tmp_path / "server.log"
     with open(log, "w") as out:
