@@ -716,14 +716,14 @@ def export_seg(
     from perception.lidar.sensors import load_sensor
 
     try:
-        import torch
-
         from perception.training.export import (
             build_segmentation_model,
-            compare_with_onnxruntime,
             export_segmentation_onnx,
+            logit_agreement,
+            logit_tolerance,
             write_export_card,
         )
+        from perception.training.nets.blocks import BLOCKS
     except ImportError as exc:
         raise ValueError(f"export needs the [train] extra ({exc.name} is not installed)") from None
     try:
@@ -731,8 +731,8 @@ def export_seg(
     except ValueError:
         raise ValueError(f"--crf-window must look like 3x5, got {crf_window!r}") from None
     spec = load_sensor(sensor)
-    if block is not None and block not in ("fire", "squeezenext", "shift"):
-        raise ValueError(f"--block must be fire, squeezenext or shift, got {block!r}")
+    if block is not None and block not in BLOCKS:
+        raise ValueError(f"--block must be {', '.join(BLOCKS)}, got {block!r}")
     model = build_segmentation_model(
         checkpoint, crf=crf, crf_iterations=crf_iterations, crf_window=(kh, kw), seed=seed, block=block
     )
@@ -752,11 +752,8 @@ def export_seg(
             inputs["street scan"] = _sample_range_image()
         report = []
         for name, (image, mask) in inputs.items():
-            diff = compare_with_onnxruntime(model, checking, image, mask)
-            with torch.no_grad():
-                scale = float(model(torch.from_numpy(image), torch.from_numpy(mask)).abs().max())
-            # float32 round-off grows with the logits' magnitude: 1e-4 absolute, or 2e-6 of the largest logit
-            tolerance = max(1e-4, 2e-6 * scale)
+            diff, scale = logit_agreement(model, checking, image, mask)
+            tolerance = logit_tolerance(scale)
             report.append(f"{name} {diff:.2e} (max |logit| {scale:.1f})")
             if diff > tolerance:
                 raise ValueError(f"ONNX Runtime output differs from torch by {diff:.2e} on the {name} input "
@@ -800,10 +797,11 @@ def export_det(
             export_detection_onnx,
             write_export_card,
         )
+        from perception.training.nets.blocks import BLOCKS
     except ImportError as exc:
         raise ValueError(f"export needs the [train] extra ({exc.name} is not installed)") from None
-    if block is not None and block not in ("fire", "squeezenext", "shift"):
-        raise ValueError(f"--block must be fire, squeezenext or shift, got {block!r}")
+    if block is not None and block not in BLOCKS:
+        raise ValueError(f"--block must be {', '.join(BLOCKS)}, got {block!r}")
     model = build_detection_model(variant, checkpoint, seed=seed, block=block)
     metadata = {"weights": str(checkpoint) if checkpoint else f"freshly initialised (seed {seed}), untrained"}
     path = export_detection_onnx(model, out, opset=opset, metadata=metadata)

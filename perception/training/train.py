@@ -28,6 +28,7 @@ import yaml
 
 from perception.io.common import atomic_write, atomic_write_text
 from perception.lidar import squeezeseg_config as seg_cfg
+from perception.training.nets.blocks import BLOCKS
 
 Task = Literal["seg", "det"]
 
@@ -103,8 +104,8 @@ class TrainConfig:
         cfg.drift = tuple(cfg.drift)  # type: ignore[assignment]
         if cfg.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be sgd or adam, got {cfg.optimizer!r}")
-        if cfg.block not in ("fire", "squeezenext", "shift"):
-            raise ValueError(f"block must be fire, squeezenext or shift, got {cfg.block!r}")
+        if cfg.block not in BLOCKS:
+            raise ValueError(f"block must be {', '.join(BLOCKS)}, got {cfg.block!r}")
         if cfg.crf_form not in ("original", "standard"):
             raise ValueError(f"crf_form must be original or standard, got {cfg.crf_form!r}")
         if cfg.class_weights is not None:
