@@ -20,11 +20,10 @@ from typing import Any
 import numpy as np
 
 from perception.io.squeezeseg import SQUEEZESEG_CHANNELS, read_squeezeseg_npy
+from perception.lidar.squeezeseg_config import CLASSES as CLASS_NAMES
 
 PathLike = str | os.PathLike[str]
 
-CLASS_NAMES = ("unknown", "car", "pedestrian", "cyclist")
-"""SqueezeSeg's classes, by label value."""
 RANGE_EDGES_M = (0.0, 10.0, 20.0, 30.0, 40.0, 60.0, 80.0, 120.0)
 """Range histogram bin edges in metres; ranges beyond the last edge count in the last bin."""
 INTENSITY_BINS = 10
