@@ -195,6 +195,40 @@ def test_a_window_as_large_as_the_image_is_exact_dbscan(height, width, data, eps
     np.testing.assert_array_equal(fast, DBSCAN(eps=eps, min_samples=min_points).fit(xyz).labels_)
 
 
+@requires_sklearn
+@settings(max_examples=80, deadline=None)
+@given(
+    height=st.integers(1, 8),
+    width=st.integers(1, 24),
+    window=st.tuples(st.sampled_from([1, 3, 5, 7, 9]), st.sampled_from([1, 3, 5, 9, 15])),
+    eps=st.sampled_from([1.5, 2.5, 3.5]),
+    min_points=st.integers(1, 7),
+    data=st.data(),
+)
+def test_the_window_search_is_exact_dbscan_over_window_neighbours(height, width, window, eps, min_points, data):
+    # DBSCAN on the neighbour relation "within eps in 3D and within the pixel window" (columns wrap):
+    # sklearn on a precomputed distance matrix where pairs outside the window are far apart. Points
+    # lie near their pixel (x ~ column, y ~ row), so neighbours reach beyond the 3 x 3 core of the
+    # window; integer coordinates and eps between integers keep distances off the eps boundary.
+    m = data.draw(st.integers(0, 90))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    pixels = np.stack([rng.integers(0, height, m), rng.integers(0, width, m)], axis=1)
+    xyz = np.column_stack([pixels[:, 1], pixels[:, 0], np.zeros(m)]) + rng.integers(-1, 2, (m, 3))
+    xyz = xyz.astype(np.float64)
+    fast = range_image_dbscan(xyz, pixels, (height, width), eps, min_points, window)
+    if m == 0:
+        assert fast.shape == (0,)
+        return
+    from sklearn.cluster import DBSCAN
+
+    dr = np.abs(pixels[:, None, 0] - pixels[None, :, 0])
+    dc = np.abs(pixels[:, None, 1] - pixels[None, :, 1])
+    in_window = (dr <= window[0] // 2) & (np.minimum(dc, width - dc) <= window[1] // 2)
+    dist = np.where(in_window, np.linalg.norm(xyz[:, None] - xyz[None, :], axis=-1), 1e9)
+    expected = DBSCAN(eps=eps, min_samples=min_points, metric="precomputed").fit(dist).labels_
+    np.testing.assert_array_equal(fast, expected)
+
+
 # --- against the synthetic ground truth -------------------------------------------------------
 
 

@@ -50,6 +50,7 @@ counter-clockwise seen from above, 0 along +x.
 
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Mapping, Sequence
@@ -218,90 +219,199 @@ class Instance:
 # DBSCAN on the range image
 
 
-def _window_offsets(window: tuple[int, int], height: int, width: int) -> list[tuple[int, int, bool]]:
-    """The (drow, dcol, same_pair_twice) steps that visit every pair of pixels in the window once.
+@dataclass(frozen=True)
+class _Step:
+    """One window step: ``rows`` down and ``shift`` columns right (columns wrap), as a flat offset."""
 
-    Columns wrap around, so ``dcol`` is a residue modulo ``width`` (a window as wide as the image
-    covers every column once). The neighbour relation is symmetric, so only ``drow >= 0`` is
-    visited, and on ``drow == 0`` only the column steps up to half the width; where a step and its
-    mirror are the same (0, and width / 2 for an even width) each pair is met from both of its
-    points and ``same_pair_twice`` tells the caller to keep one of the two.
+    rows: int
+    shift: int
+    offset: int
+    twice: bool  # on a half window: the step is its own mirror, so each pair is met from both of its points
+
+
+def _column_shifts(half_cols: int, width: int) -> tuple[int, ...]:
+    """Column shifts that reach every column of the window once (a window as wide as the image: every column)."""
+    if 2 * half_cols + 1 >= width:
+        return tuple(s if s <= width // 2 else s - width for s in range(width))
+    return tuple(range(-half_cols, half_cols + 1))
+
+
+@functools.lru_cache(maxsize=64)
+def _window_steps(
+    half_rows: int, shifts: tuple[int, ...], width: int, row_stride: int, half: bool
+) -> tuple[_Step, ...]:
+    """The steps of a window of ``2 * half_rows + 1`` rows and the given column shifts.
+
+    ``half=True`` keeps one step of each mirror pair (rows >= 0, and on row 0 the shifts > 0 plus
+    the self-mirrored 0 and width / 2), so that every unordered pair of pixels is visited once;
+    ``half=False`` gives the whole window, for searches that need every neighbour of a point.
     """
-    half_r = min(window[0] // 2, height - 1)
-    half_c = window[1] // 2
-    if 2 * half_c + 1 >= width:
-        residues = list(range(width))
-    else:
-        residues = sorted({dc % width for dc in range(-half_c, half_c + 1)})
-    steps: list[tuple[int, int, bool]] = []
-    for dr in range(half_r + 1):
-        for dc in residues:
-            if dr > 0:
-                steps.append((dr, dc, False))
-            elif dc == 0 or 2 * dc == width:
-                steps.append((0, dc, True))
-            elif dc < width - dc:
-                steps.append((0, dc, False))
-    return steps
+    steps = []
+    for dr in range(0 if half else -half_rows, half_rows + 1):
+        for s in shifts:
+            self_mirror = s == 0 or 2 * s == width or 2 * s == -width
+            if half and dr == 0 and s < 0 and not self_mirror:
+                continue
+            steps.append(_Step(dr, s, dr * row_stride + s, half and dr == 0 and self_mirror))
+    return tuple(steps)
 
 
-_PAIR_CHUNK = 1 << 16  # (point, window step) candidates handled per vectorised batch
+@dataclass(frozen=True)
+class _PaddedPixels:
+    """The points of one class on their band of range-image rows, padded for window lookups.
+
+    ``index`` holds, for layer ``k``, the position of the ``k``-th point of every pixel (points
+    sorted by pixel; the sentinel ``m`` where a pixel has fewer points), flattened as
+    (layers, rows + 2 * pad_rows, width + 2 * pad_cols); the padding rows are empty and the
+    padding columns repeat the columns from the other side of the image, so that a step is a
+    constant flat ``offset`` from any point's ``base``. Layer 0 holds every pixel's first point
+    (the "owner"); the few points that lost their pixel to another point of the class are on the
+    layers above.
+    """
+
+    index: np.ndarray
+    base: np.ndarray
+    layer: np.ndarray
+    plane: int
+    row_stride: int
+
+    @property
+    def layers(self) -> int:
+        return self.index.size // self.plane
 
 
-def _neighbour_pairs(
-    xyz: np.ndarray, flat: np.ndarray, image_shape: tuple[int, int], eps_m: float, window: tuple[int, int]
+def _pad_pixels(rows: np.ndarray, cols: np.ndarray, width: int, pad_rows: int, pad_cols: int) -> _PaddedPixels:
+    """:class:`_PaddedPixels` of points sorted by flat pixel index (``rows`` and ``cols`` in that order)."""
+    m = rows.size
+    flat = rows * width + cols
+    first = np.ones(m, dtype=bool)
+    first[1:] = flat[1:] != flat[:-1]
+    run_start = np.flatnonzero(first)
+    layer = np.arange(m, dtype=np.int64) - np.repeat(run_start, np.diff(np.append(run_start, m)))
+    top = int(rows[0])  # sorted by pixel, so the first point is on the top row of the band
+    band = int(rows[-1]) - top + 1 + 2 * pad_rows
+    stride = width + 2 * pad_cols
+    index = np.full((int(layer.max()) + 1, band, stride), m, dtype=np.int64)
+    index[layer, rows - top + pad_rows, cols + pad_cols] = np.arange(m, dtype=np.int64)
+    if pad_cols:
+        index[:, :, :pad_cols] = index[:, :, width : width + pad_cols]
+        index[:, :, width + pad_cols :] = index[:, :, pad_cols : 2 * pad_cols]
+    base = (rows - top + pad_rows) * stride + cols + pad_cols
+    return _PaddedPixels(index.ravel(), base, layer, band * stride, stride)
+
+
+_CANDIDATE_CHUNK = 1 << 18  # (point, step) candidates handled per vectorised batch
+
+
+def _close_pairs(
+    grid: _PaddedPixels,
+    coords: tuple[np.ndarray, ...],
+    eps2: float,
+    sources: np.ndarray,
+    steps: Sequence[_Step],
+    *,
+    all_layers: bool,
+    once: bool = True,
+    root: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """All pairs (i, j), i != j, within ``eps_m`` whose pixels are within the window, each pair once.
+    """Pairs (source, target) of points within ``sqrt(eps2)`` whose pixels are one of ``steps`` apart.
 
-    ``xyz`` (M, 3) and ``flat`` (M,) (flat pixel index row * W + col) must be sorted by ``flat``, so
-    that the points of pixel ``t`` are the run ``starts[t] .. starts[t + 1]`` (CSR layout); the pairs
-    are positions in that order. Window steps are batched so that each batch handles about
-    ``_PAIR_CHUNK`` (point, step) candidates: one batch for small clouds, one step at a time for
-    very large ones, so memory stays bounded and the Python overhead small.
+    ``coords`` are x, y, z by position ((m + 1,) each), with a far-away sentinel at ``m`` (empty pixels).
+    Targets are the pixel owners (layer 0) only, or the points of every layer (``all_layers``),
+    never the source itself. ``once`` keeps a pair that the search meets from both of its points
+    from one of them only: on a ``twice`` step between owners, and between two non-owners (whose
+    full-window searches meet each other). ``once=False`` keeps every neighbour of every source.
+
+    With ``root`` (int64 (m + 1,), -1 for points that cannot link, the sentinel included) only
+    targets whose root is >= 0 and differs from the source's are kept, before the distance is
+    computed: the search for links between clusters (``once`` is then ignored).
     """
-    height, width = image_shape
-    m = xyz.shape[0]
-    num_pixels = height * width
-    # one extra, always empty pixel (index num_pixels) stands for window pixels below the last row
-    counts = np.bincount(flat, minlength=num_pixels + 1)
-    starts = np.zeros(num_pixels + 2, dtype=np.int64)
-    np.cumsum(counts, out=starts[1:])
-    rows, cols = np.divmod(flat, width)
-    # coordinates with one far-away sentinel point at position m, the partner of empty pixels
-    x, y, z = (np.append(xyz[:, k], 1e30) for k in range(3))
-    eps2 = eps_m * eps_m
-    steps = np.array(_window_offsets(window, height, width), dtype=np.int64).reshape(-1, 3)
-    found_i: list[np.ndarray] = []
-    found_j: list[np.ndarray] = []
-
-    def keep_close(ii: np.ndarray, jj: np.ndarray, twice: np.ndarray) -> None:
-        dx, dy, dz = x[ii] - x[jj], y[ii] - y[jj], z[ii] - z[jj]
-        # a pair met from both of its points counts once; a point is not its own pair
-        keep = (dx * dx + dy * dy + dz * dz <= eps2) & ~(twice & (ii >= jj))
-        found_i.append(ii[keep])
-        found_j.append(jj[keep])
-
-    per_batch = max(1, _PAIR_CHUNK // max(m, 1))
-    for b0 in range(0, len(steps), per_batch):
-        dr, dc, twice_step = (steps[b0 : b0 + per_batch, k][None, :] for k in range(3))
-        r2 = rows[:, None] + dr
-        target = np.where(r2 < height, r2 * width + (cols[:, None] + dc) % width, num_pixels).ravel()
-        src = np.repeat(np.arange(m, dtype=np.int64), dr.shape[1])
-        twice = np.broadcast_to(twice_step.astype(bool), r2.shape).ravel()
-        cnt = counts[target]
-        # the first point of each target pixel (the sentinel where the pixel is empty)
-        first = np.where(cnt > 0, starts[target], m)
-        keep_close(src, first, twice)
-        several = np.flatnonzero(cnt > 1)
-        if several.size:  # the other points of the pixel (those that lost it): expand the CSR runs
-            extra = cnt[several] - 1
-            run = np.repeat(first[several] + 1 - (np.cumsum(extra) - extra), extra)
-            partners = run + np.arange(int(extra.sum()), dtype=np.int64)
-            keep_close(np.repeat(src[several], extra), partners, np.repeat(twice[several], extra))
-    if not found_i:
-        empty = np.zeros(0, dtype=np.int64)
+    x, y, z = coords
+    m = x.size - 1
+    empty = np.zeros(0, dtype=np.int64)
+    if not all_layers:  # an owner is the only point on layer 0 at its own pixel
+        steps = [s for s in steps if s.offset != 0]
+    if sources.size == 0 or not steps:
         return empty, empty
+    offsets = np.array([s.offset for s in steps], dtype=np.int64)
+    twice = np.array([s.twice for s in steps], dtype=bool)
+    num_steps = len(steps)
+    layers = grid.layers if all_layers else 1
+    found_i: list[np.ndarray] = [empty]
+    found_j: list[np.ndarray] = [empty]
+    per_chunk = max(1, _CANDIDATE_CHUNK // (num_steps * layers))
+    for c0 in range(0, sources.size, per_chunk):
+        src = sources[c0 : c0 + per_chunk]
+        at = grid.base[src][:, None] + offsets
+        for k in range(layers):
+            tgt = np.take(grid.index, at + k * grid.plane if k else at)
+            if root is not None:
+                rt = np.take(root, tgt)
+                ok = (rt >= 0) & (rt != np.take(root, src)[:, None])
+            else:
+                ok = tgt != m
+                if not once:
+                    ok &= tgt != src[:, None]
+                elif k > 0:  # two non-owners: kept from the smaller position
+                    ok &= tgt > src[:, None]
+                elif not all_layers and twice.any():  # owner to owner on a self-mirrored step
+                    ok &= ~twice | (tgt > src[:, None])
+            hits = np.flatnonzero(ok)
+            ii, jj = np.take(src, hits // num_steps), np.take(tgt, hits)
+            d2 = np.take(x, ii) - np.take(x, jj)
+            d2 *= d2
+            for c in (y, z):
+                d = np.take(c, ii) - np.take(c, jj)
+                d *= d
+                d2 += d
+            close = d2 <= eps2
+            found_i.append(ii[close])
+            found_j.append(jj[close])
     return np.concatenate(found_i), np.concatenate(found_j)
+
+
+def _running_extreme(image: np.ndarray, op: np.ufunc, length: int, axis: int) -> np.ndarray:
+    """``op`` (np.maximum or np.minimum) over ``length`` consecutive entries along ``axis``.
+
+    Entry ``i`` of the result covers ``image[i .. i + length - 1]``, so the result is ``length - 1``
+    shorter along ``axis``; computed by doubling, in about log2(length) passes.
+    """
+    acc, span = np.moveaxis(image, axis, -1), 1
+    while 2 * span <= length:
+        acc = op(acc[..., :-span], acc[..., span:])
+        span *= 2
+    if span < length:
+        acc = op(acc[..., : acc.shape[-1] - (length - span)], acc[..., length - span :])
+    return np.moveaxis(acc, -1, axis)
+
+
+def _near_other_cluster(grid: _PaddedPixels, root: np.ndarray, half_rows: int, shifts: Sequence[int]) -> np.ndarray:
+    """bool (m,): points with a root >= 0 that have another root >= 0 on a pixel of their window.
+
+    The largest and the smallest root (over the points that can link) in every window, as running
+    extremes over the padded root image (columns, then rows), read at every point's pixel.
+    """
+    m = grid.base.size
+    band = grid.plane // grid.row_stride
+    image = np.take(root.astype(np.int32), grid.index).reshape(grid.layers, band, grid.row_stride)
+    none = np.iinfo(np.int32).max
+    highest = image.max(axis=0)
+    lowest = np.where(image < 0, none, image).min(axis=0)
+    lo, hi = min(shifts), max(shifts)
+    rows, cols = np.divmod(grid.base, grid.row_stride)
+    # entry (r, c) of the running extremes covers rows r .. r + 2 * half_rows, columns c .. c + hi - lo
+    at = (rows - half_rows) * (grid.row_stride - (hi - lo)) + cols + lo
+    own = root[:m]
+    found = np.zeros(m, dtype=bool)
+    for extreme, op in ((highest, np.maximum), (lowest, np.minimum)):
+        window = _running_extreme(_running_extreme(extreme, op, hi - lo + 1, 1), op, 2 * half_rows + 1, 0)
+        seen = np.take(window.ravel(), at)
+        found |= seen > own if op is np.maximum else seen < own
+    return found & (own >= 0)
+
+
+def _concat_pairs(*pairs: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
 
 
 def _compress(parent: np.ndarray) -> np.ndarray:
@@ -375,16 +485,53 @@ def range_image_dbscan(
     labels = np.full(m, -1, dtype=np.int64)
     if m == 0:
         return labels
-    # work in pixel order (CSR runs, cache-friendly gathers); `order` maps back to input positions
+    # work in pixel order; `order` maps positions back to input indices
     flat = pix[:, 0] * width + pix[:, 1]
     order = np.argsort(flat, kind="stable")
-    ii, jj = _neighbour_pairs(pts[order], flat[order], (height, width), params.eps_m, params.window)
-    core = 1 + np.bincount(ii, minlength=m) + np.bincount(jj, minlength=m) >= params.min_points
+    half_rows = min(params.window[0] // 2, height - 1)
+    shifts = _column_shifts(params.window[1] // 2, width)
+    grid = _pad_pixels(pix[order, 0], pix[order, 1], width, half_rows, max(abs(s) for s in shifts))
+    coords = tuple(np.append(pts[order, k], 1e30) for k in range(3))
+    eps2 = params.eps_m * params.eps_m
+    owners, others = np.flatnonzero(grid.layer == 0), np.flatnonzero(grid.layer > 0)
+
+    def steps(rows: int, col_shifts: tuple[int, ...], half: bool) -> tuple[_Step, ...]:
+        return _window_steps(rows, col_shifts, width, grid.row_stride, half)
+
+    # 1. every pair in the 3 x 3 window: on a surface, most points are core from these alone
+    near_rows, near_shifts = min(1, half_rows), _column_shifts(min(1, params.window[1] // 2), width)
+    near_full = steps(near_rows, near_shifts, False)
+    near_i, near_j = _concat_pairs(
+        _close_pairs(grid, coords, eps2, owners, steps(near_rows, near_shifts, True), all_layers=False),
+        _close_pairs(grid, coords, eps2, others, near_full, all_layers=True),
+    )
+    count = 1 + np.bincount(near_i, minlength=m) + np.bincount(near_j, minlength=m)
+    near = {(s.rows, s.shift) for s in near_full}
+    ring_half = [s for s in steps(half_rows, shifts, True) if (s.rows, s.shift) not in near]
+    ring_full = [s for s in steps(half_rows, shifts, False) if (s.rows, s.shift) not in near]
+    # 2. the points still short of min_points: all their neighbours in the rest of the window
+    short = np.flatnonzero(count < params.min_points)
+    far_i, far_j = _close_pairs(grid, coords, eps2, short, ring_full, all_layers=True, once=False)
+    count += np.bincount(far_i, minlength=m)
+    core = count >= params.min_points
     if not core.any():
         return labels
+    # every pair with a non-core point is now known (non-core points are all short): clusters
+    # from the core pairs, border points from the mixed ones
+    ii, jj = _concat_pairs((near_i, near_j), (far_i, far_j))
     core_i, core_j = core[ii], core[jj]
     both = core_i & core_j
     root = connected_components(m, ii[both], jj[both])
+    # 3. links between clusters across the rest of the window: searched only from core points
+    # that have another cluster's core point in their window
+    linkable = np.append(np.where(core, root, -1), -1)
+    if ring_half and (front := _near_other_cluster(grid, linkable, half_rows, shifts)).any():
+        link_i, link_j = _concat_pairs(
+            _close_pairs(grid, coords, eps2, owners[front[owners]], ring_half, all_layers=False, root=linkable),
+            _close_pairs(grid, coords, eps2, others[front[others]], ring_full, all_layers=True, root=linkable),
+        )
+        if link_i.size:
+            root = connected_components(m, root[link_i], root[link_j])[root]
     # a cluster's key: the smallest input index among its core points (sklearn's discovery order)
     key = np.full(m, m, dtype=np.int64)
     np.minimum.at(key, root[core], order[core])
