@@ -4,6 +4,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from perception.lidar.sensors import (
     HDL64E_KITTI_ELEVATIONS_DEG,
@@ -54,6 +56,30 @@ def test_columns_front_view_and_wraparound():
     full = SENSORS["hdl64e-360"]
     cols = full.cols_of(np.array([180.0, 179.99, -179.99, 0.0, -180.0]))
     assert cols.tolist() == [0, 0, 2047, 1024, 0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(left=st.floats(-180.0, 180.0), span=st.floats(0.5, 360.0), seed=st.integers(0, 2**32 - 1))
+def test_the_azimuth_prefilter_keeps_every_point_a_column_takes(left, span, seed):
+    spec = SensorSpec(
+        name="sector", beam_elevations_deg=(1.0, -1.0), width=64,
+        azimuth_left_deg=left, azimuth_right_deg=left - span, max_range_m=100.0,
+    )  # fmt: skip
+    rng = np.random.default_rng(seed)
+    # random directions plus directions on and next to the column edges
+    edges = np.radians(spec.azimuth_left_deg - np.arange(spec.width + 1) * spec.azimuth_resolution_deg)
+    azimuth = np.concatenate([rng.uniform(-np.pi, np.pi, 2000), edges, edges + 1e-9, edges - 1e-9])
+    distance = rng.uniform(0.1, 100.0, azimuth.size)
+    x, y = distance * np.cos(azimuth), distance * np.sin(azimuth)
+    candidates = spec.azimuth_candidates(x, y)
+    if span + 1.0 >= 180.0:
+        assert candidates is None
+        return
+    on_a_column = spec.cols_of(np.degrees(np.arctan2(y, x))) >= 0
+    assert candidates[on_a_column].all()
+    # and it is narrow: nothing more than a degree outside the field of view
+    off_centre = np.abs(np.angle(np.exp(1j * (azimuth - np.radians(left - span / 2)))))
+    assert not candidates[off_centre > np.radians(span / 2 + 1.0)].any()
 
 
 def test_user_defined_sensor_from_yaml_and_json(tmp_path):

@@ -300,6 +300,9 @@ def _pad_pixels(rows: np.ndarray, cols: np.ndarray, width: int, pad_rows: int, p
     return _PaddedPixels(index.ravel(), base, layer, band * stride, stride)
 
 
+# half height and half width of the window searched for every pair first (3 x 5): on a surface most
+# points are core from these pairs alone; measured fastest of 3 x 3, 3 x 5 and 3 x 7 on street scans
+_NEAR_HALF_WINDOW = (1, 2)
 _CANDIDATE_CHUNK = 1 << 18  # (point, step) candidates handled per vectorised batch
 
 
@@ -498,8 +501,9 @@ def range_image_dbscan(
     def steps(rows: int, col_shifts: tuple[int, ...], half: bool) -> tuple[_Step, ...]:
         return _window_steps(rows, col_shifts, width, grid.row_stride, half)
 
-    # 1. every pair in the 3 x 3 window: on a surface, most points are core from these alone
-    near_rows, near_shifts = min(1, half_rows), _column_shifts(min(1, params.window[1] // 2), width)
+    # 1. every pair in the near (3 x 5) part of the window
+    near_rows = min(_NEAR_HALF_WINDOW[0], half_rows)
+    near_shifts = _column_shifts(min(_NEAR_HALF_WINDOW[1], params.window[1] // 2), width)
     near_full = steps(near_rows, near_shifts, False)
     near_i, near_j = _concat_pairs(
         _close_pairs(grid, coords, eps2, owners, steps(near_rows, near_shifts, True), all_layers=False),

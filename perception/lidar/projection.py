@@ -86,21 +86,24 @@ def spherical_project(points: np.ndarray, sensor: SensorSpec) -> Projection:
     height, width = sensor.shape
     x, y, z = (pts[:, k].astype(np.float64) for k in range(3))
     rng = np.sqrt(x * x + y * y + z * z)
-    # a sum is non-finite exactly when one of its float32 terms is (float64 cannot overflow here)
-    valid = np.isfinite(pts.sum(axis=1, dtype=np.float64)) & (rng > 0.0)
+    # the range is non-finite exactly when a coordinate is (float64 squares of float32 cannot overflow)
+    valid = np.isfinite(rng) & np.isfinite(pts[:, 3]) & (rng > 0.0)
     num_invalid = int(n - np.count_nonzero(valid))
+    num_valid = n - num_invalid
 
-    idx = np.flatnonzero(valid)
-    if num_invalid:
-        x, y, z, r = x[idx], y[idx], z[idx], rng[idx]
-    else:
-        r = rng
+    # the arctangent and the beam search only for points that may be in view
+    maybe = valid & (rng >= sensor.min_range_m) & (rng <= sensor.max_range_m)
+    sector = sensor.azimuth_candidates(x, y)
+    if sector is not None:
+        maybe &= sector
+    idx = np.flatnonzero(maybe)
+    x, y, z, r = x[idx], y[idx], z[idx], rng[idx]
     rr = sensor.rows_of_sine(z / r)
     cc = sensor.cols_of(np.degrees(np.arctan2(y, x)))
-    ok = (r >= sensor.min_range_m) & (r <= sensor.max_range_m) & (rr >= 0) & (cc >= 0)
+    ok = (rr >= 0) & (cc >= 0)
     kept = idx[ok]
     rr, cc, r = rr[ok], cc[ok], r[ok]
-    num_out_of_view = int(idx.size - kept.size)
+    num_out_of_view = int(num_valid - kept.size)
     rows = np.full(n, -1, dtype=np.int64)
     cols = np.full(n, -1, dtype=np.int64)
     rows[kept] = rr

@@ -24,6 +24,9 @@ from typing import Any
 import numpy as np
 import yaml
 
+# widening of the cheap azimuth pre-filter (SensorSpec.azimuth_candidates) beyond the field of view
+_SECTOR_MARGIN_DEG = 0.5
+
 # Per-beam elevations (degrees, row 0 = top) of the Velodyne HDL-64E as the SqueezeSeg KITTI data
 # lays them out, measured as the per-row median elevation of the two real scans in
 # shared/data/kitti_samples (rows agree within 0.05 deg between the two scans).
@@ -146,6 +149,20 @@ class SensorSpec:
         if self.is_full_sweep:
             return np.minimum(cols, self.width - 1)
         return np.where((cols >= 0) & (cols < self.width), cols, -1)
+
+    def azimuth_candidates(self, x: np.ndarray, y: np.ndarray) -> np.ndarray | None:
+        """bool mask of the points (x, y in metres, LiDAR frame) that may be in the horizontal field of view.
+
+        A cheap superset (two half-plane tests, no arctangent) of the points :meth:`cols_of` puts
+        on a column: the field of view widened by half a degree on each side. ``None`` when the
+        widened field of view spans 180 degrees or more (no longer an intersection of two half-planes).
+        """
+        left = math.radians(self.azimuth_left_deg + _SECTOR_MARGIN_DEG)
+        right = math.radians(self.azimuth_right_deg - _SECTOR_MARGIN_DEG)
+        if left - right >= math.pi:
+            return None
+        # counter-clockwise of the right edge and clockwise of the left edge
+        return (math.cos(right) * y - math.sin(right) * x >= 0.0) & (math.sin(left) * x - math.cos(left) * y >= 0.0)
 
     def column_azimuths_deg(self) -> np.ndarray:
         """Azimuth (degrees) of each column's centre."""
