@@ -627,38 +627,69 @@ _CLOSENESS_MIN_DIST_M = 0.02  # d0 of Zhang et al.: points nearer an edge than t
 _CLOSENESS_MAX_POINTS = 512  # larger clusters are evenly subsampled for the angle search only
 
 
-def _closeness_scores(xy: np.ndarray, angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Zhang et al.'s closeness criterion (higher is better) and the area of the rectangle at each angle."""
-    c, s = np.cos(angles)[:, None], np.sin(angles)[:, None]
-    u = xy[:, 0] * c + xy[:, 1] * s  # (angles, points)
-    v = -xy[:, 0] * s + xy[:, 1] * c
-    dists = []
-    area = np.ones(len(angles))
-    for coord in (u, v):
-        hi, lo = coord.max(axis=1, keepdims=True), coord.min(axis=1, keepdims=True)
-        to_hi, to_lo = hi - coord, coord - lo
-        # the visible side of this axis: the edge the points are nearer to, as a whole
-        hi_side = (to_hi * to_hi).sum(axis=1) < (to_lo * to_lo).sum(axis=1)
-        dists.append(np.where(hi_side[:, None], to_hi, to_lo))
-        area *= (hi - lo)[:, 0]
-    d = np.maximum(np.minimum(dists[0], dists[1]), _CLOSENESS_MIN_DIST_M)
-    return (1.0 / d).sum(axis=1), area
+_CLOSENESS_BATCH_POINTS = 4096  # clouds are searched together, up to this many points per batch
 
 
-def _best_angle(xy: np.ndarray, angles: np.ndarray) -> float:
-    """The angle of highest closeness; ties (every point within d0 of an edge) go to the smallest area."""
-    score, area = _closeness_scores(xy, angles)
-    tied = np.flatnonzero(score >= score.max() * (1.0 - 1e-9))
-    return float(angles[tied[np.argmin(area[tied])]])
+def _closeness_scores(
+    xy: np.ndarray, starts: np.ndarray, cloud_of_point: np.ndarray, angles: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Zhang et al.'s closeness criterion (higher is better) and the rectangle's area, for several clouds.
+
+    ``xy`` (n, 2) holds the clouds one after the other (cloud ``k`` from ``starts[k]``, each
+    centred on its own mean), ``cloud_of_point`` (n,) their cloud index; ``angles`` (A,) the
+    orientations to try. Returns two (A, K) arrays for the K clouds.
+    """
+    c, s = np.cos(angles), np.sin(angles)
+    num = angles.size
+    coord = np.concatenate([np.stack([c, s], axis=1), np.stack([-s, c], axis=1)]) @ xy.T  # along, then across
+    hi = np.maximum.reduceat(coord, starts, axis=1)
+    lo = np.minimum.reduceat(coord, starts, axis=1)
+    # the visible side of each axis: the edge the cloud is nearer to, as a whole; the sums of squared
+    # distances to the two edges differ by (hi - lo) * n * (hi + lo - 2 * mean), and the mean is 0
+    edge = np.where(hi + lo < 0.0, hi, lo)
+    coord -= edge if starts.size == 1 else np.take(edge, cloud_of_point, axis=1)
+    np.abs(coord, out=coord)
+    d = np.minimum(coord[:num], coord[num:], out=coord[:num])
+    np.maximum(d, _CLOSENESS_MIN_DIST_M, out=d)
+    np.reciprocal(d, out=d)
+    extent = hi - lo
+    return np.add.reduceat(d, starts, axis=1), extent[:num] * extent[num:]
 
 
-def _closeness_angle(xy: np.ndarray) -> float:
-    """Rectangle orientation (radians, in [0, pi/2) up to the fine step) that best hugs the points."""
-    if xy.shape[0] > _CLOSENESS_MAX_POINTS:
-        xy = xy[:: -(-xy.shape[0] // _CLOSENESS_MAX_POINTS)]
-    best = _best_angle(xy, np.radians(np.arange(0.0, 90.0, _COARSE_STEP_DEG)))
-    fine = best + np.radians(np.arange(-_COARSE_STEP_DEG, _COARSE_STEP_DEG + 1e-9, _FINE_STEP_DEG))
-    return _best_angle(xy, fine)
+def _best_angles(xy: np.ndarray, starts: np.ndarray, cloud_of_point: np.ndarray, angles: np.ndarray) -> np.ndarray:
+    """(K,) per cloud, the angle of highest closeness; ties (all points within d0 of an edge): the smallest area."""
+    score, area = _closeness_scores(xy, starts, cloud_of_point, angles)
+    tied = score >= score.max(axis=0) * (1.0 - 1e-9)
+    return angles[np.argmin(np.where(tied, area, np.inf), axis=0)]
+
+
+def _closeness_angles(clouds: Sequence[np.ndarray]) -> np.ndarray:
+    """Rectangle orientation (radians, in [0, pi/2) up to the fine step) that best hugs each xy cloud.
+
+    Clouds are searched together (vectorised over clouds and angles), up to
+    ``_CLOSENESS_BATCH_POINTS`` points a batch; clouds over ``_CLOSENESS_MAX_POINTS`` points are
+    evenly subsampled for the search. The fine pass turns each cloud by its coarse angle, so that
+    every cloud tries the same small offsets.
+    """
+    sub = [xy[:: -(-xy.shape[0] // _CLOSENESS_MAX_POINTS)] for xy in clouds]
+    sizes = np.array([xy.shape[0] for xy in sub], dtype=np.int64)
+    coarse = np.radians(np.arange(0.0, 90.0, _COARSE_STEP_DEG))
+    fine = np.radians(np.arange(-_COARSE_STEP_DEG, _COARSE_STEP_DEG + 1e-9, _FINE_STEP_DEG))
+    out = np.zeros(len(sub))
+    first = 0
+    while first < len(sub):
+        last = first + max(1, int(np.searchsorted(np.cumsum(sizes[first:]), _CLOSENESS_BATCH_POINTS, side="right")))
+        batch = sizes[first:last]
+        xy = np.concatenate(sub[first:last])
+        starts = np.cumsum(batch) - batch
+        cloud_of_point = np.repeat(np.arange(batch.size), batch)
+        xy -= np.repeat(np.add.reduceat(xy, starts, axis=0) / batch[:, None], batch, axis=0)  # mean 0 each
+        best = _best_angles(xy, starts, cloud_of_point, coarse)
+        c, s = np.cos(best)[cloud_of_point], np.sin(best)[cloud_of_point]
+        turned = np.stack([c * xy[:, 0] + s * xy[:, 1], c * xy[:, 1] - s * xy[:, 0]], axis=1)
+        out[first:last] = best + _best_angles(turned, starts, cloud_of_point, fine)
+        first = last
+    return out
 
 
 def _min_area_angle(xy: np.ndarray) -> float:
@@ -698,20 +729,33 @@ def fit_box(xyz: np.ndarray, criterion: BoxCriterion = "closeness") -> Box3D:
     collinear points a zero width. The box is the box of what is visible: an object seen from one
     side only gets that face's extent (no shape completion).
     """
+    return fit_boxes([xyz], criterion)[0]
+
+
+def fit_boxes(clouds: Sequence[np.ndarray], criterion: BoxCriterion = "closeness") -> list[Box3D]:
+    """:func:`fit_box` for several clouds at once (the closeness search is vectorised over them)."""
     if criterion not in BOX_CRITERIA:
         raise ValueError(f"criterion must be one of {', '.join(BOX_CRITERIA)}, got {criterion!r}")
-    pts = np.asarray(xyz, dtype=np.float64)
-    if pts.ndim != 2 or pts.shape[1] < 3 or pts.shape[0] == 0:
-        raise ValueError(f"fit_box needs points of shape (n >= 1, 3), got {pts.shape}")
-    z_lo, z_hi = float(pts[:, 2].min()), float(pts[:, 2].max())
-    origin = pts[:, :2].mean(axis=0)
-    xy = pts[:, :2] - origin
-    if float(np.ptp(xy, axis=0).max()) == 0.0:
-        angle = 0.0
-    elif criterion == "closeness":
-        angle = _closeness_angle(xy)
-    else:
-        angle = _min_area_angle(xy)
+    centred: list[np.ndarray] = []
+    frames: list[tuple[np.ndarray, float, float]] = []  # (x-y origin, z low, z high)
+    for xyz in clouds:
+        pts = np.asarray(xyz, dtype=np.float64)
+        if pts.ndim != 2 or pts.shape[1] < 3 or pts.shape[0] == 0:
+            raise ValueError(f"fit_box needs points of shape (n >= 1, 3), got {pts.shape}")
+        origin = pts[:, :2].mean(axis=0)
+        centred.append(pts[:, :2] - origin)
+        frames.append((origin, float(pts[:, 2].min()), float(pts[:, 2].max())))
+    angles = np.zeros(len(centred))
+    spread = [k for k, xy in enumerate(centred) if float(np.ptp(xy, axis=0).max()) > 0.0]
+    if spread and criterion == "closeness":
+        angles[spread] = _closeness_angles([centred[k] for k in spread])
+    elif spread:
+        angles[spread] = [_min_area_angle(centred[k]) for k in spread]
+    return [_box_at_angle(xy, float(angle), *frame) for xy, angle, frame in zip(centred, angles, frames, strict=True)]
+
+
+def _box_at_angle(xy: np.ndarray, angle: float, origin: np.ndarray, z_lo: float, z_hi: float) -> Box3D:
+    """The box whose footprint, oriented at ``angle``, encloses the centred ``xy`` (origin added back)."""
     c, s = math.cos(angle), math.sin(angle)
     u = xy[:, 0] * c + xy[:, 1] * s
     v = -xy[:, 0] * s + xy[:, 1] * c
@@ -833,9 +877,10 @@ def cluster_instances(
         member = member[np.argsort(cluster[member], kind="stable")]
         sizes = np.bincount(cluster[member])
         bounds = np.concatenate([[0], np.cumsum(sizes)])
-        for k in np.flatnonzero(sizes >= p.min_instance_points):
-            idx = sel[member[bounds[k] : bounds[k + 1]]]
-            cloud = xyz[member[bounds[k] : bounds[k + 1]]]
+        kept = np.flatnonzero(sizes >= p.min_instance_points)
+        indices = [sel[member[bounds[k] : bounds[k + 1]]] for k in kept]
+        clouds = [xyz[member[bounds[k] : bounds[k + 1]]] for k in kept]
+        for idx, cloud, box in zip(indices, clouds, fit_boxes(clouds, box_criterion), strict=True):
             instances.append(
                 Instance(
                     id=len(instances) + 1,
@@ -843,7 +888,7 @@ def cluster_instances(
                     num_points=int(idx.size),
                     point_indices=idx.astype(np.int64),
                     centroid=cloud.mean(axis=0),
-                    box=fit_box(cloud, box_criterion),
+                    box=box,
                     score=1.0 if score_arr is None else float(score_arr[idx].mean()),
                 )
             )
