@@ -631,23 +631,23 @@ _CLOSENESS_BATCH_POINTS = 4096  # clouds are searched together, up to this many 
 
 
 def _closeness_scores(
-    xy: np.ndarray, starts: np.ndarray, cloud_of_point: np.ndarray, angles: np.ndarray
+    xy_rows: np.ndarray, starts: np.ndarray, sizes: np.ndarray, angles: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Zhang et al.'s closeness criterion (higher is better) and the rectangle's area, for several clouds.
 
-    ``xy`` (n, 2) holds the clouds one after the other (cloud ``k`` from ``starts[k]``, each
-    centred on its own mean), ``cloud_of_point`` (n,) their cloud index; ``angles`` (A,) the
-    orientations to try. Returns two (A, K) arrays for the K clouds.
+    ``xy_rows`` (2, n), C-contiguous, holds the x and y of the clouds one after the other (cloud
+    ``k``: ``sizes[k]`` points from ``starts[k]``, each centred on its own mean); ``angles`` (A,)
+    the orientations to try. Returns two (A, K) arrays for the K clouds.
     """
     c, s = np.cos(angles), np.sin(angles)
     num = angles.size
-    coord = np.concatenate([np.stack([c, s], axis=1), np.stack([-s, c], axis=1)]) @ xy.T  # along, then across
+    coord = np.concatenate([np.stack([c, s], axis=1), np.stack([-s, c], axis=1)]) @ xy_rows  # along, then across
     hi = np.maximum.reduceat(coord, starts, axis=1)
     lo = np.minimum.reduceat(coord, starts, axis=1)
     # the visible side of each axis: the edge the cloud is nearer to, as a whole; the sums of squared
     # distances to the two edges differ by (hi - lo) * n * (hi + lo - 2 * mean), and the mean is 0
     edge = np.where(hi + lo < 0.0, hi, lo)
-    coord -= edge if starts.size == 1 else np.take(edge, cloud_of_point, axis=1)
+    coord -= edge if starts.size == 1 else np.repeat(edge, sizes, axis=1)
     np.abs(coord, out=coord)
     d = np.minimum(coord[:num], coord[num:], out=coord[:num])
     np.maximum(d, _CLOSENESS_MIN_DIST_M, out=d)
@@ -656,9 +656,9 @@ def _closeness_scores(
     return np.add.reduceat(d, starts, axis=1), extent[:num] * extent[num:]
 
 
-def _best_angles(xy: np.ndarray, starts: np.ndarray, cloud_of_point: np.ndarray, angles: np.ndarray) -> np.ndarray:
+def _best_angles(xy_rows: np.ndarray, starts: np.ndarray, sizes: np.ndarray, angles: np.ndarray) -> np.ndarray:
     """(K,) per cloud, the angle of highest closeness; ties (all points within d0 of an edge): the smallest area."""
-    score, area = _closeness_scores(xy, starts, cloud_of_point, angles)
+    score, area = _closeness_scores(xy_rows, starts, sizes, angles)
     tied = score >= score.max(axis=0) * (1.0 - 1e-9)
     return angles[np.argmin(np.where(tied, area, np.inf), axis=0)]
 
@@ -682,12 +682,11 @@ def _closeness_angles(clouds: Sequence[np.ndarray]) -> np.ndarray:
         batch = sizes[first:last]
         xy = np.concatenate(sub[first:last])
         starts = np.cumsum(batch) - batch
-        cloud_of_point = np.repeat(np.arange(batch.size), batch)
         xy -= np.repeat(np.add.reduceat(xy, starts, axis=0) / batch[:, None], batch, axis=0)  # mean 0 each
-        best = _best_angles(xy, starts, cloud_of_point, coarse)
-        c, s = np.cos(best)[cloud_of_point], np.sin(best)[cloud_of_point]
-        turned = np.stack([c * xy[:, 0] + s * xy[:, 1], c * xy[:, 1] - s * xy[:, 0]], axis=1)
-        out[first:last] = best + _best_angles(turned, starts, cloud_of_point, fine)
+        x, y = xy[:, 0], xy[:, 1]
+        best = _best_angles(np.stack([x, y]), starts, batch, coarse)
+        c, s = np.repeat(np.cos(best), batch), np.repeat(np.sin(best), batch)
+        out[first:last] = best + _best_angles(np.stack([c * x + s * y, c * y - s * x]), starts, batch, fine)
         first = last
     return out
 
