@@ -300,9 +300,11 @@ def _pad_pixels(rows: np.ndarray, cols: np.ndarray, width: int, pad_rows: int, p
     return _PaddedPixels(index.ravel(), base, layer, band * stride, stride)
 
 
-# half height and half width of the window searched for every pair first (3 x 5): on a surface most
-# points are core from these pairs alone; measured fastest of 3 x 3, 3 x 5 and 3 x 7 on street scans
-_NEAR_HALF_WINDOW = (1, 2)
+# half height and half width of the window searched for every pair first (3 x 3): on a surface most
+# points are core from these pairs alone; the points short of min_points then search 3 x 5 (far
+# ground returns, sparse in rows, find their neighbours along the row), then the whole window
+_NEAR_HALF_WINDOW = (1, 1)
+_SHORT_FIRST_HALF_COLS = 2
 _CANDIDATE_CHUNK = 1 << 18  # (point, step) candidates handled per vectorised batch
 
 
@@ -501,7 +503,7 @@ def range_image_dbscan(
     def steps(rows: int, col_shifts: tuple[int, ...], half: bool) -> tuple[_Step, ...]:
         return _window_steps(rows, col_shifts, width, grid.row_stride, half)
 
-    # 1. every pair in the near (3 x 5) part of the window
+    # 1. every pair in the near part of the window (3 x 3)
     near_rows = min(_NEAR_HALF_WINDOW[0], half_rows)
     near_shifts = _column_shifts(min(_NEAR_HALF_WINDOW[1], params.window[1] // 2), width)
     near_full = steps(near_rows, near_shifts, False)
@@ -513,10 +515,16 @@ def range_image_dbscan(
     near = {(s.rows, s.shift) for s in near_full}
     ring_half = [s for s in steps(half_rows, shifts, True) if (s.rows, s.shift) not in near]
     ring_full = [s for s in steps(half_rows, shifts, False) if (s.rows, s.shift) not in near]
-    # 2. the points still short of min_points: all their neighbours in the rest of the window
-    short = np.flatnonzero(count < params.min_points)
-    far_i, far_j = _close_pairs(grid, coords, eps2, short, ring_full, all_layers=True, once=False)
-    count += np.bincount(far_i, minlength=m)
+    # 2. the points still short of min_points: all their neighbours in the rest of the window, first
+    # in the columns just beside the near part (enough for most), then in the rest for those still short
+    beside = [s for s in ring_full if abs(s.rows) <= near_rows and abs(s.shift) <= _SHORT_FIRST_HALF_COLS]
+    rest = [s for s in ring_full if not (abs(s.rows) <= near_rows and abs(s.shift) <= _SHORT_FIRST_HALF_COLS)]
+    far: list[tuple[np.ndarray, np.ndarray]] = []
+    for part in (beside, rest):
+        short = np.flatnonzero(count < params.min_points)
+        far.append(_close_pairs(grid, coords, eps2, short, part, all_layers=True, once=False))
+        count += np.bincount(far[-1][0], minlength=m)
+    far_i, far_j = _concat_pairs(*far)
     core = count >= params.min_points
     if not core.any():
         return labels
