@@ -39,8 +39,10 @@ def test_export_is_a_checked_opset17_graph_with_dynamic_batch_and_metadata(seg_m
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["perception.task"] == "segmentation" and meta["perception.architecture"] == "squeezeseg+crf"
     assert '"iterations": 3' in meta["perception.crf"]
-    # the CRF is inside the same graph: its neighbour gathering and compatibility 1x1 convs are there
-    assert sum(node.op_type == "Softmax" for node in proto.graph.node) >= 4
+    # the CRF is inside the same graph: one softmax per iteration plus the output's, each decomposed
+    # into ReduceMax, Sub, Exp, ReduceSum, Div (ONNX Runtime's Softmax over the class axis is slow)
+    assert not any(node.op_type == "Softmax" for node in proto.graph.node)
+    assert sum(node.op_type == "Div" and "Softmax" in node.name for node in proto.graph.node) == 4
 
 
 def test_torch_and_onnxruntime_agree_on_random_input(seg_model):

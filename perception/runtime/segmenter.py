@@ -88,6 +88,11 @@ class Segmenter:
                 f"{model_path}: input range_image is {inputs.get('range_image')}, "
                 f"but its sensor {self.sensor.name} needs (batch, {', '.join(map(str, expected))})"
             )
+        outputs = {o.name for o in self.model.session.get_outputs()}
+        if not {"logits", "probs"} <= outputs:
+            raise ModelLoadError(
+                f"{model_path}: a segmentation model needs outputs logits and probs, has {sorted(outputs)}"
+            )
         if nan_policy not in ("drop", "error"):
             raise ValueError(f"nan_policy must be 'drop' or 'error', got {nan_policy!r}")
         self.nan_policy = nan_policy
@@ -113,8 +118,9 @@ class Segmenter:
             raise InvalidInputError("range image holds NaN or infinite values")
         feeds = {"range_image": img[None], "mask": msk}
         with self._lock:
-            probs = self.model.session.run(["probs"], feeds)[0][0]
-        labels = probs.argmax(axis=0)
+            logits, probs = (out[0] for out in self.model.session.run(["logits", "probs"], feeds))
+        # the class from the logits: probabilities of nearly tied classes can round to the same float32
+        labels = logits.argmax(axis=0)
         labels[msk[0, 0] == 0] = 0
         return labels.astype(np.int64), probs
 

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
+import onnx.shape_inference
 import torch
 
 from perception.io.common import permissions_for
@@ -154,6 +156,55 @@ class _DetectionGraph(torch.nn.Module):
         return torch.softmax(class_logits, dim=-1), torch.sigmoid(confidence), deltas
 
 
+def decompose_channel_softmax(proto: onnx.ModelProto) -> int:
+    """Rewrite every Softmax over a non-last axis as ReduceMax, Sub, Exp, ReduceSum, Div; returns how many.
+
+    ONNX Runtime's CPU Softmax transposes its input when the axis is not the last one: on a
+    (1, 4, 64, 512) tensor over axis 1 (SqueezeSeg's class axis) it takes 2.8 ms where the five
+    elementwise and reduction nodes take 0.4 ms, the same values to float32 round-off (1.2e-7).
+    SqueezeSeg with its CRF has four such softmaxes (three CRF iterations and the output probabilities).
+    The graph is changed in place; the new nodes keep the old node's name as a prefix.
+    """
+    inferred = onnx.shape_inference.infer_shapes(proto)
+    ranks = {
+        info.name: len(info.type.tensor_type.shape.dim)
+        for info in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)
+        if info.type.tensor_type.HasField("shape")
+    }
+    opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    rewritten = 0
+    nodes: list[onnx.NodeProto] = []
+    for node in proto.graph.node:
+        axis = next((onnx.helper.get_attribute_value(a) for a in node.attribute if a.name == "axis"), -1)
+        rank = ranks.get(node.input[0]) if node.op_type == "Softmax" else None
+        if rank is None or axis % rank == rank - 1:
+            nodes.append(node)
+            continue
+        x, y, name = node.input[0], node.output[0], node.name or f"softmax_{rewritten}"
+        axes = f"{name}/axes"
+        proto.graph.initializer.append(onnx.numpy_helper.from_array(np.array([axis % rank], dtype=np.int64), axes))
+        reduce_max = (
+            onnx.helper.make_node("ReduceMax", [x, axes], [f"{name}/max"], name=f"{name}/ReduceMax", keepdims=1)
+            if opset >= 18
+            else onnx.helper.make_node(
+                "ReduceMax", [x], [f"{name}/max"], name=f"{name}/ReduceMax", axes=[axis % rank], keepdims=1
+            )
+        )
+        nodes += [
+            reduce_max,
+            onnx.helper.make_node("Sub", [x, f"{name}/max"], [f"{name}/shifted"], name=f"{name}/Sub"),
+            onnx.helper.make_node("Exp", [f"{name}/shifted"], [f"{name}/exp"], name=f"{name}/Exp"),
+            onnx.helper.make_node(
+                "ReduceSum", [f"{name}/exp", axes], [f"{name}/sum"], name=f"{name}/ReduceSum", keepdims=1
+            ),
+            onnx.helper.make_node("Div", [f"{name}/exp", f"{name}/sum"], [y], name=f"{name}/Div"),
+        ]
+        rewritten += 1
+    del proto.graph.node[:]
+    proto.graph.node.extend(nodes)
+    return rewritten
+
+
 def _export_checked(
     graph: torch.nn.Module,
     example: tuple[torch.Tensor, ...],
@@ -163,7 +214,8 @@ def _export_checked(
     opset: int,
     meta: dict[str, str],
 ) -> Path:
-    """torch.onnx.export into a temporary sibling, add metadata, run onnx.checker, rename into place."""
+    """torch.onnx.export into a temporary sibling, decompose channel softmaxes, add metadata, run onnx.checker,
+    rename into place."""
     if opset < 17:
         raise ValueError("opset must be >= 17")
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -185,6 +237,7 @@ def _export_checked(
                 dynamo=False,
             )
         proto = onnx.load(tmp)
+        decompose_channel_softmax(proto)
         for key, value in meta.items():
             entry = proto.metadata_props.add()
             entry.key, entry.value = key, value
