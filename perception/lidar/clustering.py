@@ -633,6 +633,7 @@ _COARSE_STEP_DEG = 1.0
 _FINE_STEP_DEG = 0.05
 _CLOSENESS_MIN_DIST_M = 0.02  # d0 of Zhang et al.: points nearer an edge than this count the same
 _CLOSENESS_MAX_POINTS = 512  # larger clusters are evenly subsampled for the angle search only
+_CLOSENESS_COARSE_MAX_POINTS = 128  # and for its coarse pass, to this many
 
 
 _CLOSENESS_BATCH_POINTS = 4096  # clouds are searched together, up to this many points per batch
@@ -671,30 +672,38 @@ def _best_angles(xy_rows: np.ndarray, starts: np.ndarray, sizes: np.ndarray, ang
     return angles[np.argmin(np.where(tied, area, np.inf), axis=0)]
 
 
+def _centred_rows(clouds: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Clouds (n_k, 2) one after the other as (2, n) x and y rows, each cloud centred on its mean; starts, sizes."""
+    sizes = np.array([xy.shape[0] for xy in clouds], dtype=np.int64)
+    starts = np.cumsum(sizes) - sizes
+    xy = np.concatenate(clouds)
+    xy -= np.repeat(np.add.reduceat(xy, starts, axis=0) / sizes[:, None], sizes, axis=0)
+    return np.ascontiguousarray(xy.T), starts, sizes
+
+
 def _closeness_angles(clouds: Sequence[np.ndarray]) -> np.ndarray:
     """Rectangle orientation (radians, in [0, pi/2) up to the fine step) that best hugs each xy cloud.
 
     Clouds are searched together (vectorised over clouds and angles), up to
     ``_CLOSENESS_BATCH_POINTS`` points a batch; clouds over ``_CLOSENESS_MAX_POINTS`` points are
-    evenly subsampled for the search. The fine pass turns each cloud by its coarse angle, so that
-    every cloud tries the same small offsets.
+    evenly subsampled for the search, and to ``_CLOSENESS_COARSE_MAX_POINTS`` for its coarse pass
+    (which only picks the 1-degree neighbourhood that the fine pass then searches). The fine pass
+    turns each cloud by its coarse angle, so that every cloud tries the same small offsets.
     """
-    sub = [xy[:: -(-xy.shape[0] // _CLOSENESS_MAX_POINTS)] for xy in clouds]
-    sizes = np.array([xy.shape[0] for xy in sub], dtype=np.int64)
+    fine_sub = [xy[:: -(-xy.shape[0] // _CLOSENESS_MAX_POINTS)] for xy in clouds]
+    coarse_sub = [xy[:: -(-xy.shape[0] // _CLOSENESS_COARSE_MAX_POINTS)] for xy in clouds]
+    fine_sizes = np.array([xy.shape[0] for xy in fine_sub], dtype=np.int64)
     coarse = np.radians(np.arange(0.0, 90.0, _COARSE_STEP_DEG))
     fine = np.radians(np.arange(-_COARSE_STEP_DEG, _COARSE_STEP_DEG + 1e-9, _FINE_STEP_DEG))
-    out = np.zeros(len(sub))
+    out = np.zeros(len(clouds))
     first = 0
-    while first < len(sub):
-        last = first + max(1, int(np.searchsorted(np.cumsum(sizes[first:]), _CLOSENESS_BATCH_POINTS, side="right")))
-        batch = sizes[first:last]
-        xy = np.concatenate(sub[first:last])
-        starts = np.cumsum(batch) - batch
-        xy -= np.repeat(np.add.reduceat(xy, starts, axis=0) / batch[:, None], batch, axis=0)  # mean 0 each
-        x, y = xy[:, 0], xy[:, 1]
-        best = _best_angles(np.stack([x, y]), starts, batch, coarse)
-        c, s = np.repeat(np.cos(best), batch), np.repeat(np.sin(best), batch)
-        out[first:last] = best + _best_angles(np.stack([c * x + s * y, c * y - s * x]), starts, batch, fine)
+    while first < len(clouds):
+        step = int(np.searchsorted(np.cumsum(fine_sizes[first:]), _CLOSENESS_BATCH_POINTS, side="right"))
+        last = first + max(1, step)
+        best = _best_angles(*_centred_rows(coarse_sub[first:last]), coarse)
+        (x, y), starts, sizes = _centred_rows(fine_sub[first:last])
+        c, s = np.repeat(np.cos(best), sizes), np.repeat(np.sin(best), sizes)
+        out[first:last] = best + _best_angles(np.stack([c * x + s * y, c * y - s * x]), starts, sizes, fine)
         first = last
     return out
 
