@@ -108,9 +108,7 @@ def test_quantize_seg_cli_writes_an_int8_model_with_its_card_and_keeps_the_crf_f
     dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     backbone_convs = [n for n in graph.node if n.op_type == "Conv" and CRF_SCOPE not in n.name]
     crf_nodes = [n for n in graph.node if CRF_SCOPE in n.name]
-    # int8 weights, except conv14's: only the FP32 CRF and the logits read its output
-    assert [n.name for n in backbone_convs if n.input[1] not in dequantized] == ["/model/conv14/Conv"]
-    assert len(backbone_convs) > 20
+    assert backbone_convs and all(n.input[1] in dequantized for n in backbone_convs)  # int8 weights
     assert crf_nodes and not any(i in dequantized for n in crf_nodes for i in n.input)  # CRF reads FP32 only
     producers = {o: n.op_type for n in graph.node for o in n.output}
     assert {producers[o.name] for o in graph.output} == {"Add", "Mul"}  # logits, probs: FP32 head, no DQ
@@ -136,7 +134,7 @@ def test_int8_squeezeseg_without_crf_agrees_with_fp32_on_most_pixels(calib_dir, 
     assert report.frames == 2 and report.crf_nodes == 0 and report.int8_bytes < report.fp32_bytes / 2
     # the head after conv14 (the decomposed softmax and the mask): probabilities stay FP32
     softmax = [f"/Softmax/{op}" for op in ("ReduceMax", "Sub", "Exp", "ReduceSum", "Div")]
-    assert report.fp32_nodes == [*softmax, "/Mul", "/model/conv14/Conv"]  # conv14 feeds only those
+    assert report.fp32_nodes == [*softmax, "/Mul"]
     fp32, int8 = Segmenter(path, providers="cpu"), Segmenter(report.out, providers="cpu")
     for points in _scans(calib_dir):  # the committed sample is no calibration frame
         ref, cand = fp32.segment(points), int8.segment(points)

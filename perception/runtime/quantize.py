@@ -12,10 +12,8 @@
   products;
 * SqueezeSeg's recurrent CRF stays FP32 by default (``keep_crf_fp32``), and so do the tensors it reads
   (logits, normalised x, y, z, mask: its nodes are rewired to the float tensors the quantiser had put
-  through Q/DQ), the output head after the last quantised convolution (softmax / sigmoid, so
-  probabilities keep full resolution rather than steps of 1/255), and the convolutions whose output only
-  those FP32 nodes read (SqueezeSeg's conv14, the detector's last conv: see
-  :func:`float_output_conv_names`). Why: the CRF's bilateral weights
+  through Q/DQ) and the output head after the last quantised convolution (softmax / sigmoid, so
+  probabilities keep full resolution rather than steps of 1/255). Why: the CRF's bilateral weights
   ``exp(-|p_i - p_j|^2 / (2 theta^2))`` with theta 0.01-0.015 in normalised units need x, y, z far finer
   than an 8-bit step over their range, and its messages are sums over softmax probabilities. Measured on
   an untrained export (argmax agreement with FP32 on the valid pixels of 6 held-out simulated scans,
@@ -112,28 +110,6 @@ def head_node_names(model: Any, kept: set[str]) -> list[str]:
         if not reaches[id(node)] and node.name not in kept:
             head.append(node.name)
     return head[::-1]
-
-
-def float_output_conv_names(model: Any, fp32: set[str]) -> list[str]:
-    """Convolutions whose every output is read only by ``fp32`` nodes or is a graph output.
-
-    Their output would be dequantised at once, and a Conv with DequantizeLinear inputs but no
-    QuantizeLinear after it is not fused into a QLinearConv: ONNX Runtime runs it as an FP32 Conv on
-    dequantised weights, outside its blocked (NCHWc) layout, slower than in the FP32 model (SqueezeSeg's
-    conv14, which feeds the FP32 CRF and the logits: 7.2 ms against 4.3 ms in FP32). So they stay FP32.
-    """
-    consumers: dict[str, list[Any]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    outputs = {o.name for o in model.graph.output}
-    return [
-        node.name
-        for node in model.graph.node
-        if node.op_type in ("Conv", "ConvTranspose")
-        and node.name not in fp32
-        and all(out in outputs or all(c.name in fp32 for c in consumers.get(out, [])) for out in node.output)
-    ]
 
 
 def _read_float_inputs(model: Any, names: set[str]) -> int:
@@ -341,7 +317,6 @@ def quantize_model(
         prepared_model = onnx.load(str(prepared))
         crf = crf_node_names(prepared_model) if keep_crf_fp32 else []
         excluded = crf + head_node_names(prepared_model, set(crf))
-        excluded += float_output_conv_names(prepared_model, set(excluded))
         try:
             q.quantize_static(
                 str(prepared),
@@ -427,8 +402,7 @@ def write_int8_card(report: QuantizeReport) -> dict[str, Any]:
             "fp32_nodes": len(report.fp32_nodes),
             "fp32_crf_nodes": report.crf_nodes,
             "fp32_rule": "the recurrent CRF (node names with '/crf/') when kept FP32, the inputs that only feed it, "
-            "the output head after the last quantised convolution, and the convolutions only FP32 nodes read; "
-            "they read FP32 tensors",
+            "and the output head after the last quantised convolution; they read FP32 tensors",
             "calibration_data": report.data,
             "calibration_frames": report.frames,
         },
