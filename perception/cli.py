@@ -211,7 +211,10 @@ def _architecture_parameters() -> dict[str, int]:
 @user_errors
 def bench(
     target: Annotated[
-        str, typer.Argument(help="What to measure: all, projection, seg, cluster, lidar-pipeline, det, sim or service.")
+        str,
+        typer.Argument(
+            help="What to measure: all, projection, seg, cluster, lidar-pipeline, lidar-360, det, sim or service."
+        ),
     ] = "all",
     repeats: Annotated[int, typer.Option(min=3, help="Timed runs after warm-up.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
@@ -697,7 +700,12 @@ app.add_typer(export_app, name="export")
 def export_seg(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .onnx file.")],
     checkpoint: Annotated[
-        Path | None, typer.Option(help="Trained weights (state dict). Without it: fresh weights from --seed.")
+        Path | None,
+        typer.Option(
+            help="Trained weights: a trainer checkpoint (.pt), or a segmentation model exported by this project "
+            "(.onnx; its CRF and blocks as recorded in it, e.g. to export the shipped model for another sensor). "
+            "Without it: fresh weights from --seed."
+        ),
     ] = None,
     sensor: Annotated[str, typer.Option(help="Sensor the model runs on (fixes H x W).")] = "kitti-front",
     crf: Annotated[bool, typer.Option("--crf/--no-crf", help="Include the recurrent CRF.")] = True,
@@ -762,7 +770,8 @@ def export_seg(
     finally:
         checking.unlink(missing_ok=True)
     arch = "SqueezeSeg" + ("" if model.block == "fire" else f" ({model.block} blocks)")
-    arch += f" + recurrent CRF ({crf_iterations} iterations, {kh}x{kw})" if crf else ""
+    if model.crf is not None:
+        arch += f" + recurrent CRF ({model.crf.iterations} iterations, {model.crf.window[0]}x{model.crf.window[1]})"
     write_export_card(model, out, "segmentation", arch, f"range image 5 x {spec.height} x {spec.width} ({spec.name})",
                       opset, checkpoint)  # fmt: skip
     console.print(

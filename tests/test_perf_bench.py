@@ -90,3 +90,26 @@ def test_an_existing_int8_file_is_compared_as_it_is(tmp_path):
     assert fields["int8_gflop"] == pytest.approx(2 * 8 * 16 * 16 * 3 * 9 / 1e9)
     assert fields["int8_vs_matmul_probe_speedup"] == pytest.approx(fields["int8_achieved_gflops_per_s"] / 10.0)
     assert 0.8 < fields["int8_argmax_agreement"] <= 1.0
+
+
+def test_lidar_pipeline_reports_its_stages_and_the_share_around_the_network():
+    res = bench.run_benchmarks(["lidar-pipeline"], repeats=3)["benchmarks"]["lidar-pipeline"]
+    json.dumps(res)
+    stages = [res[f"{k}_median_ms"] for k in ("projection", "inference", "unprojection", "clustering")]
+    assert all(ms > 0 for ms in stages) and res["runs"] == 3
+    assert 0 < res["around_network_share"] < 1 and res["instances"] > 0
+    if bench.SAMPLE_MESH_SCAN.is_file():  # the committed mesh-world frame, labelled by the shipped model
+        assert str(bench.SAMPLE_MESH_SCAN) in res["notes"] and "shipped model" in res["notes"]
+
+
+def test_the_360_bench_exports_the_shipped_weights_for_the_full_sweep_and_compares_int8(monkeypatch):
+    pytest.importorskip("torch", reason="exporting for the 64 x 2048 sweep needs torch ([train] extra)")
+    pytest.importorskip("onnx", reason="INT8 needs the onnx package ([train] extra)")
+    monkeypatch.setattr(bench, "CALIBRATION_FRAMES", 1)
+    res = bench.run_benchmarks(["lidar-360"], repeats=3)["benchmarks"]["lidar-360"]
+    json.dumps(res)
+    assert "64 x 2048" in res["notes"] and "10 Hz" in res["notes"]
+    assert res["int8_vs_fp32_speedup"] == pytest.approx(res["median_ms"] / res["int8_median_ms"])
+    assert 0.5 < res["int8_label_agreement"] <= 1.0
+    assert res["meets_10hz_p99"] == (min(res["p99_ms"], res["int8_p99_ms"]) < 100.0)
+    assert res["inference_median_ms"] > 0 and res["int8_inference_median_ms"] > 0

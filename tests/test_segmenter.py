@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -208,3 +209,33 @@ def test_segment_cli_writes_labels_instances_and_png(tmp_path, seg_model):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")
+
+
+def test_the_weights_of_an_exported_model_come_back_and_export_for_another_sensor(seg_model, tmp_path):
+    from typer.testing import CliRunner
+
+    from perception.cli import app
+    from perception.training.export import segmentation_model_from_onnx
+
+    model, path = seg_model
+    back = segmentation_model_from_onnx(path)
+    assert back.crf is not None and back.crf.iterations == model.crf.iterations and back.block == model.block
+    for name, value in model.state_dict().items():
+        assert torch.equal(back.state_dict()[name], value), name
+    out = tmp_path / "seg360.onnx"
+    res = CliRunner().invoke(app, ["export", "seg", "--checkpoint", str(path), "--sensor", "hdl64e-360",
+                                   "--out", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    full = Segmenter(out, providers="cpu")
+    assert full.input_shape == (64, 2048) and full.sensor.name == "hdl64e-360"
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert str(path) in card["training"]["weights_from"] and "do not carry over" in card["notes"]
+    # not a float SqueezeSeg of this project: a clear error
+    int8 = tmp_path / "int8.onnx"
+    proto = onnx.load(path)
+    del proto.graph.initializer[:]
+    onnx.save(proto, int8)
+    with pytest.raises(ValueError, match="weights missing"):
+        segmentation_model_from_onnx(int8)
+    with pytest.raises(ValueError, match="no such model"):
+        segmentation_model_from_onnx(tmp_path / "absent.onnx")

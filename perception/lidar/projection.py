@@ -84,30 +84,27 @@ def spherical_project(points: np.ndarray, sensor: SensorSpec) -> Projection:
     pts = validate_points(points)
     n = pts.shape[0]
     height, width = sensor.shape
-    x, y, z = (pts[:, k].astype(np.float64) for k in range(3))
-    rng = np.sqrt(x * x + y * y + z * z)
-    # the range is non-finite exactly when a coordinate is (float64 squares of float32 cannot overflow)
-    valid = np.isfinite(rng) & np.isfinite(pts[:, 3]) & (rng > 0.0)
-    num_invalid = int(n - np.count_nonzero(valid))
-    num_valid = n - num_invalid
-
-    # the arctangent and the beam search only for points that may be in view
-    maybe = valid & (rng >= sensor.min_range_m) & (rng <= sensor.max_range_m)
-    sector = sensor.azimuth_candidates(x, y)
-    if sector is not None:
-        maybe &= sector
-    idx = np.flatnonzero(maybe)
-    x, y, z, r = x[idx], y[idx], z[idx], rng[idx]
+    # a row's four "not finite" flags read as one uint32: zero when all four values are finite
+    finite = (~np.isfinite(pts)).view(np.uint32)[:, 0] == 0
+    # float64 work (ranges, the arctangent, the beam search) only for points that may be in view
+    with np.errstate(invalid="ignore", over="ignore"):
+        sector = sensor.azimuth_candidates(pts[:, 0], pts[:, 1])
+    idx = np.flatnonzero(finite if sector is None else finite & sector)
+    x, y, z = (pts[idx, k].astype(np.float64) for k in range(3))
+    r = np.sqrt(x * x + y * y + z * z)
+    at_origin = r == 0.0  # the origin lies in every sector
+    num_invalid = int(n - np.count_nonzero(finite) + np.count_nonzero(at_origin))
+    in_range = ~at_origin & (r >= sensor.min_range_m) & (r <= sensor.max_range_m)
+    idx, x, y, z, r = idx[in_range], x[in_range], y[in_range], z[in_range], r[in_range]
     rr = sensor.rows_of_sine(z / r)
     cc = sensor.cols_of(np.degrees(np.arctan2(y, x)))
     ok = (rr >= 0) & (cc >= 0)
     kept = idx[ok]
     rr, cc, r = rr[ok], cc[ok], r[ok]
-    num_out_of_view = int(num_valid - kept.size)
-    rows = np.full(n, -1, dtype=np.int64)
-    cols = np.full(n, -1, dtype=np.int64)
-    rows[kept] = rr
-    cols[kept] = cc
+    num_out_of_view = int(n - num_invalid - kept.size)
+    pixel_of_point = np.full((n, 2), -1, dtype=np.int64)
+    pixel_of_point[kept, 0] = rr
+    pixel_of_point[kept, 1] = cc
 
     # nearest wins: the smallest range per pixel, then one owner among the points at that range
     flat = rr * width + cc
@@ -122,14 +119,14 @@ def spherical_project(points: np.ndarray, sensor: SensorSpec) -> Projection:
     image = np.zeros((NUM_CHANNELS, height * width), dtype=np.float32)
     for channel in range(4):
         image[channel, winner_pixels] = pts[winners, channel]
-    image[NUM_CHANNELS - 1, winner_pixels] = rng[winners]
+    image[NUM_CHANNELS - 1, winner_pixels] = nearest[winner_pixels]
     mask = np.zeros(height * width, dtype=bool)
     mask[winner_pixels] = True
 
     return Projection(
         image=image.reshape(NUM_CHANNELS, height, width),
         mask=mask.reshape(height, width),
-        pixel_of_point=np.stack([rows, cols], axis=1),
+        pixel_of_point=pixel_of_point,
         point_of_pixel=owner.reshape(height, width),
         num_invalid=num_invalid,
         num_out_of_view=num_out_of_view,

@@ -122,10 +122,14 @@ def build_segmentation_model(
     """SqueezeSeg from a checkpoint (a state dict, or a dict with ``model``), or freshly initialised from ``seed``.
 
     ``crf_form`` and ``block`` None: what the trainer recorded in the checkpoint's config, else the
-    paper's (``original``, ``fire``).
+    paper's (``original``, ``fire``). A checkpoint ending in ``.onnx`` is a model this project
+    exported: see :func:`segmentation_model_from_onnx` (the CRF and blocks it records win over the
+    arguments).
     """
     from perception.training.nets.squeezeseg import squeezeseg, squeezeseg_without_crf
 
+    if checkpoint is not None and Path(checkpoint).suffix == ".onnx":
+        return segmentation_model_from_onnx(checkpoint)
     recorded = _checkpoint_config(checkpoint) if checkpoint is not None else {}
     crf_form = crf_form or recorded.get("crf_form", "original")
     block = block or recorded.get("block", "fire")
@@ -137,6 +141,62 @@ def build_segmentation_model(
     )
     if checkpoint is not None:
         _load_weights(model, checkpoint)
+    return model.eval()
+
+
+def segmentation_model_from_onnx(path: str | os.PathLike[str]) -> SqueezeSeg:
+    """The torch SqueezeSeg of an ONNX segmentation model this project exported, with its weights.
+
+    The CRF (iterations, window, form) and the blocks come from the model's metadata, every trainable
+    weight from its initializers (the exporter keeps their names); buffers that the exporter folded
+    away (fixed CRF kernels) come from the configuration. SqueezeSeg is fully convolutional, so the
+    model can then be exported again for another sensor's H x W (``perception export seg --checkpoint
+    models/squeezeseg_kitti-front.onnx --sensor hdl64e-360``), or with the current exporter.
+    """
+    from onnx import numpy_helper
+
+    from perception.training.nets.squeezeseg import squeezeseg, squeezeseg_without_crf
+
+    source = Path(path)
+    try:
+        proto = onnx.load(str(source))
+    except FileNotFoundError:
+        raise ValueError(f"{source}: no such model") from None
+    except Exception as exc:  # onnx's DecodeError and friends
+        raise ValueError(f"{source}: not a readable ONNX model ({type(exc).__name__})") from None
+    meta = {p.key: p.value for p in proto.metadata_props}
+    if meta.get("perception.task") != "segmentation":
+        raise ValueError(f"{source}: not a segmentation model exported by this project (no perception.task)")
+    try:
+        crf = json.loads(meta.get("perception.crf", "null"))
+        block = meta.get("perception.block", "fire")
+        if crf:
+            window = (int(crf["window"][0]), int(crf["window"][1]))
+            model = squeezeseg(crf_iterations=int(crf["iterations"]), crf_window=window, crf_form=crf["form"],
+                               block=block)  # type: ignore[arg-type]  # fmt: skip
+        else:
+            model = squeezeseg_without_crf(block=block)  # type: ignore[arg-type]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{source}: unreadable CRF/block metadata ({exc})") from None
+    state = model.state_dict()
+    arrays = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    for node in proto.graph.node:  # the exporter shares equal initializers (zero biases) through Identity nodes
+        if node.op_type == "Identity" and node.input[0] in arrays:
+            arrays[node.output[0]] = arrays[node.input[0]]
+    weights = {
+        name.removeprefix("model."): torch.from_numpy(array.copy())
+        for name, array in arrays.items()
+        if name.startswith("model.")
+    }
+    trainable = {name for name, _ in model.named_parameters()}
+    missing = sorted(trainable - weights.keys())
+    if missing:
+        raise ValueError(f"{source}: weights missing from the graph: {', '.join(missing[:5])}")
+    for name, value in weights.items():
+        if name not in state or state[name].shape != value.shape:
+            raise ValueError(f"{source}: weight {name} {tuple(value.shape)} does not fit {type(model).__name__}")
+        state[name] = value
+    model.load_state_dict(state)
     return model.eval()
 
 
@@ -374,6 +434,16 @@ def write_export_card(
     if checkpoint is None:
         card["training"] = {}
         card["notes"] = "Freshly initialised weights: an untrained model, for tests and benchmarks only."
+    elif Path(checkpoint).suffix == ".onnx":
+        from perception.evaluation.model_card import read_card
+
+        source = read_card(checkpoint)
+        origin = f"{checkpoint} (sha256 {sha256_file(checkpoint)[:12]}...)"
+        card["training"] = {**source.get("training", {}), "weights_from": origin}
+        card["notes"] = (
+            f"The weights of {checkpoint}, exported again for this input. Its card's metrics do not carry over "
+            "(another sensor, or another graph): measure this file with `perception eval ... --card`."
+        )
     else:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)  # our own trainer's checkpoint
         config = state.get("config", {}) if isinstance(state, dict) else {}
