@@ -749,48 +749,55 @@ def fit_box(xyz: np.ndarray, criterion: BoxCriterion = "closeness") -> Box3D:
 
 
 def fit_boxes(clouds: Sequence[np.ndarray], criterion: BoxCriterion = "closeness") -> list[Box3D]:
-    """:func:`fit_box` for several clouds at once (the closeness search is vectorised over them)."""
+    """:func:`fit_box` for several clouds at once (vectorised over the clouds)."""
     if criterion not in BOX_CRITERIA:
         raise ValueError(f"criterion must be one of {', '.join(BOX_CRITERIA)}, got {criterion!r}")
-    centred: list[np.ndarray] = []
-    frames: list[tuple[np.ndarray, float, float]] = []  # (x-y origin, z low, z high)
-    for xyz in clouds:
-        pts = np.asarray(xyz, dtype=np.float64)
+    arrays = [np.asarray(xyz, dtype=np.float64) for xyz in clouds]
+    for pts in arrays:
         if pts.ndim != 2 or pts.shape[1] < 3 or pts.shape[0] == 0:
             raise ValueError(f"fit_box needs points of shape (n >= 1, 3), got {pts.shape}")
-        origin = pts[:, :2].mean(axis=0)
-        centred.append(pts[:, :2] - origin)
-        frames.append((origin, float(pts[:, 2].min()), float(pts[:, 2].max())))
-    angles = np.zeros(len(centred))
-    spread = [k for k, xy in enumerate(centred) if float(np.ptp(xy, axis=0).max()) > 0.0]
-    if spread and criterion == "closeness":
-        angles[spread] = _closeness_angles([centred[k] for k in spread])
-    elif spread:
-        angles[spread] = [_min_area_angle(centred[k]) for k in spread]
-    return [_box_at_angle(xy, float(angle), *frame) for xy, angle, frame in zip(centred, angles, frames, strict=True)]
-
-
-def _box_at_angle(xy: np.ndarray, angle: float, origin: np.ndarray, z_lo: float, z_hi: float) -> Box3D:
-    """The box whose footprint, oriented at ``angle``, encloses the centred ``xy`` (origin added back)."""
-    c, s = math.cos(angle), math.sin(angle)
-    u = xy[:, 0] * c + xy[:, 1] * s
-    v = -xy[:, 0] * s + xy[:, 1] * c
-    u_lo, u_hi, v_lo, v_hi = float(u.min()), float(u.max()), float(v.min()), float(v.max())
+    if not arrays:
+        return []
+    sizes = np.array([pts.shape[0] for pts in arrays], dtype=np.int64)
+    starts = np.cumsum(sizes) - sizes
+    pts = np.concatenate([a[:, :3] for a in arrays])
+    origin = np.add.reduceat(pts[:, :2], starts, axis=0) / sizes[:, None]  # (K, 2)
+    xy = pts[:, :2] - np.repeat(origin, sizes, axis=0)
+    z_lo, z_hi = np.minimum.reduceat(pts[:, 2], starts), np.maximum.reduceat(pts[:, 2], starts)
+    extent = np.maximum.reduceat(xy, starts, axis=0) - np.minimum.reduceat(xy, starts, axis=0)
+    spread = np.flatnonzero(extent.max(axis=1) > 0.0)
+    angles = np.zeros(len(arrays))
+    if spread.size:
+        centred = np.split(xy, starts[1:])
+        if criterion == "closeness":
+            angles[spread] = _closeness_angles([centred[k] for k in spread])
+        else:
+            angles[spread] = [_min_area_angle(centred[k]) for k in spread]
+    # the footprint at each cloud's angle: extents along (u) and across (v) it, centre back in x, y
+    c, s = np.cos(angles), np.sin(angles)
+    cp, sp = np.repeat(c, sizes), np.repeat(s, sizes)
+    u = xy[:, 0] * cp + xy[:, 1] * sp
+    v = xy[:, 1] * cp - xy[:, 0] * sp
+    u_lo, u_hi = np.minimum.reduceat(u, starts), np.maximum.reduceat(u, starts)
+    v_lo, v_hi = np.minimum.reduceat(v, starts), np.maximum.reduceat(v, starts)
     cu, cv = (u_lo + u_hi) / 2, (v_lo + v_hi) / 2
-    cx, cy = cu * c - cv * s, cu * s + cv * c
-    if u_hi - u_lo >= v_hi - v_lo:
-        length, width, yaw = u_hi - u_lo, v_hi - v_lo, angle
-    else:
-        length, width, yaw = v_hi - v_lo, u_hi - u_lo, angle + math.pi / 2
-    return Box3D(
-        x=float(cx + origin[0]),
-        y=float(cy + origin[1]),
-        z=(z_lo + z_hi) / 2,
-        length=length,
-        width=width,
-        height=z_hi - z_lo,
-        yaw=_normalise_yaw(yaw),
-    )
+    cx, cy = cu * c - cv * s + origin[:, 0], cu * s + cv * c + origin[:, 1]
+    along, across = u_hi - u_lo, v_hi - v_lo
+    long_u = along >= across
+    length, width = np.where(long_u, along, across), np.where(long_u, across, along)
+    yaw = np.where(long_u, angles, angles + math.pi / 2)
+    return [
+        Box3D(
+            x=float(cx[k]),
+            y=float(cy[k]),
+            z=float((z_lo[k] + z_hi[k]) / 2),
+            length=float(length[k]),
+            width=float(width[k]),
+            height=float(z_hi[k] - z_lo[k]),
+            yaw=_normalise_yaw(float(yaw[k])),
+        )
+        for k in range(len(arrays))
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -896,16 +903,22 @@ def cluster_instances(
         kept = np.flatnonzero(sizes >= p.min_instance_points)
         indices = [sel[member[bounds[k] : bounds[k + 1]]] for k in kept]
         clouds = [xyz[member[bounds[k] : bounds[k + 1]]] for k in kept]
-        for idx, cloud, box in zip(indices, clouds, fit_boxes(clouds, box_criterion), strict=True):
+        centroids = (np.add.reduceat(xyz[member], bounds[:-1], axis=0) / sizes[:, None])[kept]
+        if score_arr is None:
+            mean_scores = np.ones(kept.size)
+        else:
+            mean_scores = (np.add.reduceat(score_arr[sel[member]], bounds[:-1]) / sizes)[kept]
+        for idx, centroid, box, score in zip(indices, centroids, fit_boxes(clouds, box_criterion), mean_scores,
+                                             strict=True):  # fmt: skip
             instances.append(
                 Instance(
                     id=len(instances) + 1,
                     class_id=cls,
                     num_points=int(idx.size),
                     point_indices=idx.astype(np.int64),
-                    centroid=cloud.mean(axis=0),
+                    centroid=centroid,
                     box=box,
-                    score=1.0 if score_arr is None else float(score_arr[idx].mean()),
+                    score=float(score),
                 )
             )
     return instances
