@@ -43,6 +43,25 @@ def time_function(func: Callable[[], object], repeats: int, warmup: int = 3) -> 
     return _stats(_timed_runs(func, repeats, warmup))
 
 
+def time_interleaved(
+    funcs: dict[str, Callable[[], object]], repeats: int, warmup: int = 3
+) -> dict[str, dict[str, float]]:
+    """Statistics of several functions timed in alternation: each round runs every function once, in an
+    order that rotates from round to round. On a shared machine whose speed drifts during a run, ratios of
+    these medians are far steadier than ratios of back-to-back blocks of runs."""
+    names = list(funcs)
+    for _ in range(warmup):
+        for name in names:
+            funcs[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_ in range(repeats):
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:
+            start = time.perf_counter()
+            funcs[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: _stats(values) for name, values in times.items()}
+
+
 def blas_name() -> str:
     """The BLAS numpy calls for float32 matmul (e.g. ``scipy-openblas 0.3.31``), or ``unknown``."""
     try:
@@ -124,27 +143,30 @@ def _flop_note(fields: dict[str, Any], prefix: str, label: str = "") -> str:
 
 
 def _int8_fields(
-    fp32_ms: float,
     fp32_path: Path,
+    run_fp32: Callable[[], object],
     run_int8: Callable[[], object],
     repeats: int,
     source: str,
     ctx: BenchContext,
 ) -> dict[str, Any]:
-    """Time the INT8 model; ``int8_median_ms``, ``int8_vs_fp32_speedup`` (FP32 ms / INT8 ms) and its FLOP rate.
+    """Time the INT8 model in alternation with the FP32 one (:func:`time_interleaved`): ``int8_median_ms``,
+    ``int8_fp32_median_ms`` (FP32 in the same rounds), ``int8_vs_fp32_speedup`` (their ratio) and the
+    INT8 FLOP rate.
 
     The INT8 model does the FP32 model's work, so its rate is the FP32 model's FLOPs over the INT8 time (an
     effective GFLOP/s, integer operations included); counting the QDQ graph itself gives the same up to
     duplicate nodes that ONNX Runtime's pre-processing merges.
     """
-    timed = time_function(run_int8, repeats)
+    timed = time_interleaved({"fp32": run_fp32, "int8": run_int8}, repeats)
     out: dict[str, Any] = {
-        "int8_median_ms": timed["median_ms"],
-        "int8_p90_ms": timed["p90_ms"],
-        "int8_vs_fp32_speedup": fp32_ms / timed["median_ms"],
+        "int8_median_ms": timed["int8"]["median_ms"],
+        "int8_p90_ms": timed["int8"]["p90_ms"],
+        "int8_fp32_median_ms": timed["fp32"]["median_ms"],
+        "int8_vs_fp32_speedup": timed["fp32"]["median_ms"] / timed["int8"]["median_ms"],
         "int8_model": source,
     }
-    out.update(flop_fields("int8", fp32_path, timed["median_ms"], ctx))
+    out.update(flop_fields("int8", fp32_path, timed["int8"]["median_ms"], ctx))
     return out
 
 
@@ -204,7 +226,6 @@ def _int8_comparison(
     fp32_session: Any,
     feeds: dict[str, np.ndarray],
     output: str,
-    fp32_ms: float,
     repeats: int,
     ctx: BenchContext,
     tmp: Path,
@@ -239,7 +260,8 @@ def _int8_comparison(
                        write_card=False)  # fmt: skip
         source = f"quantised now from the model under test, calibrated on {data}"
     session = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
-    out = _int8_fields(fp32_ms, model_path, lambda: session.run([output], feeds), repeats, source, ctx)
+    out = _int8_fields(model_path, lambda: fp32_session.run([output], feeds), lambda: session.run([output], feeds),
+                       repeats, source, ctx)  # fmt: skip
     reference = fp32_session.run([output], feeds)[0]
     candidate = session.run([output], feeds)[0]
     if task == "seg":
@@ -253,7 +275,8 @@ def _int8_note(fields: dict[str, Any]) -> str:
     if "int8_vs_fp32_speedup" not in fields:
         return f"; {fields['int8_note']}" if "int8_note" in fields else ""
     return (
-        f"; INT8 {fields['int8_median_ms']:.1f} ms ({fields['int8_vs_fp32_speedup']:.2f}x FP32, "
+        f"; INT8 {fields['int8_median_ms']:.1f} ms ({fields['int8_vs_fp32_speedup']:.2f}x FP32 "
+        f"{fields['int8_fp32_median_ms']:.1f} ms in alternating runs, "
         f"argmax agreement {fields['int8_argmax_agreement'] * 100:.1f}%)"
     )
 
@@ -314,7 +337,7 @@ def bench_seg(repeats: int, ctx: BenchContext | None = None) -> dict[str, object
         res.update(probe)
         res.update(flop_fields("ort", shipped, res["median_ms"], ctx))
         with tempfile.TemporaryDirectory() as tmp:
-            res.update(_int8_comparison("seg", shipped, session, feeds, "logits", res["median_ms"], repeats, ctx,
+            res.update(_int8_comparison("seg", shipped, session, feeds, "logits", repeats, ctx,
                                         Path(tmp), existing=int8_model_path(shipped)))  # fmt: skip
         res["notes"] = f"shipped model, {session.get_providers()[0]}" + _flop_note(res, "ort") + _int8_note(res)
         return res
@@ -324,21 +347,32 @@ def bench_seg(repeats: int, ctx: BenchContext | None = None) -> dict[str, object
     flops: dict[str, Any] = {}
     int8: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
+        sessions, paths = {}, {}
         for crf in (True, False):
             model = build_segmentation_model(crf=crf, seed=0)
-            path = export_segmentation_onnx(model, Path(tmp) / f"seg_{crf}.onnx", SENSORS["kitti-front"])
-            session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            timed = time_function(lambda s=session: s.run(["logits"], feeds), repeats)
-            results[f"ort_crf={crf}"] = timed
+            paths[crf] = export_segmentation_onnx(model, Path(tmp) / f"seg_{crf}.onnx", SENSORS["kitti-front"])
+            sessions[crf] = ort.InferenceSession(str(paths[crf]), providers=["CPUExecutionProvider"])
             torch_models[crf] = model
-            flops.update(flop_fields("ort" if crf else "ort_without_crf", path, timed["median_ms"], ctx))
-            if crf:
-                int8 = _int8_comparison("seg", path, session, feeds, "logits", timed["median_ms"], repeats, ctx,
-                                        Path(tmp))  # fmt: skip
+        # with and without the CRF in alternating runs: their ratio is the CRF's cost
+        timed_pair = time_interleaved(
+            {f"ort_crf={crf}": (lambda s=session: s.run(["logits"], feeds)) for crf, session in sessions.items()},
+            repeats,
+        )
+        for crf in (True, False):
+            results[f"ort_crf={crf}"] = timed_pair[f"ort_crf={crf}"]
+            flops.update(flop_fields("ort" if crf else "ort_without_crf", paths[crf],
+                                     results[f"ort_crf={crf}"]["median_ms"], ctx))  # fmt: skip
+        int8 = _int8_comparison("seg", paths[True], sessions[True], feeds, "logits", repeats, ctx, Path(tmp))
         lighter = _lighter_seg_variants(Path(tmp), feeds, results["ort_crf=True"]["median_ms"], repeats, ctx)
     main: dict[str, Any] = dict(results["ort_crf=True"])
     ort_crf, ort_plain = main["median_ms"], results["ort_crf=False"]["median_ms"]
-    main.update({"ort_without_crf_median_ms": ort_plain, "crf_share_of_ort_time": (ort_crf - ort_plain) / ort_crf})
+    main.update(
+        {
+            "ort_without_crf_median_ms": ort_plain,
+            "crf_share_of_ort_time": (ort_crf - ort_plain) / ort_crf,
+            "crf_added_to_network": (ort_crf - ort_plain) / ort_plain,
+        }
+    )
     eager_note = "torch eager not timed"
     if ctx.torch_eager:
         t_image, t_mask = torch.from_numpy(image), torch.from_numpy(mask)
@@ -363,7 +397,8 @@ def bench_seg(repeats: int, ctx: BenchContext | None = None) -> dict[str, object
         for b in LIGHTER_BLOCKS
     )
     main["notes"] = (
-        f"ORT CPU +CRF; without CRF {ort_plain:.1f} ms; {eager_note}{lighter_note}"
+        f"ORT CPU +CRF; without CRF {ort_plain:.1f} ms in alternating runs "
+        f"(CRF +{main['crf_added_to_network'] * 100:.0f}%); {eager_note}{lighter_note}"
         + _flop_note(main, "ort", "+CRF")
         + _flop_note(main, "ort_without_crf", "without CRF")
         + _int8_note(main)
@@ -405,15 +440,19 @@ def bench_clustering(repeats: int, ctx: BenchContext | None = None) -> dict[str,
     res["foreground_points"] = int(sum(len(xyz) for xyz, _, _ in per_class))
     res["instances_median_ms"] = instances["median_ms"]
     try:
-        ref = time_function(reference, max(3, min(repeats, 10)), warmup=1)
+        reference()
     except ImportError:
         res["notes"] = "range-image DBSCAN only (install scikit-learn for the reference timing)"
         return res
-    res["sklearn_median_ms"] = ref["median_ms"]
-    res["speedup_vs_sklearn"] = ref["median_ms"] / float(res["median_ms"])  # type: ignore[arg-type]
+    # the ratio from alternating runs (the reference is slow, so fewer rounds)
+    pair = time_interleaved({"fast": fast, "sklearn": reference}, max(3, min(repeats, 10)), warmup=1)
+    res["sklearn_median_ms"] = pair["sklearn"]["median_ms"]
+    res["fast_alongside_sklearn_median_ms"] = pair["fast"]["median_ms"]
+    res["speedup_vs_sklearn"] = pair["sklearn"]["median_ms"] / pair["fast"]["median_ms"]
     res["notes"] = (
-        f"{res['foreground_points']} fg of {len(scan.points)} pts; sklearn {ref['median_ms']:.1f} ms "
-        f"({res['speedup_vs_sklearn']:.1f}x); with boxes {instances['median_ms']:.1f} ms"
+        f"{res['foreground_points']} fg of {len(scan.points)} pts; sklearn {pair['sklearn']['median_ms']:.1f} ms vs "
+        f"{pair['fast']['median_ms']:.1f} ms in alternating runs ({res['speedup_vs_sklearn']:.1f}x); with boxes "
+        f"{instances['median_ms']:.1f} ms"
     )
     return res
 
@@ -436,33 +475,41 @@ def _pipeline_scan() -> tuple[np.ndarray, str]:
     return cast_scan(SENSORS["hdl64e-360"], street_scene(0), seed=0).points, "analytic street scan (seed 0)"
 
 
-def _time_lidar_path(model_path: Path, points: np.ndarray, repeats: int) -> dict[str, Any]:
-    """Segmenter (projection, ONNX Runtime CPU, labels back) then clustering with boxes, per frame; stage
-    medians and the share of the frame spent around the network (``around_network_share``)."""
+def _time_lidar_paths(models: dict[str, Path], points: np.ndarray, repeats: int) -> dict[str, dict[str, Any]]:
+    """Segmenter (projection, ONNX Runtime CPU, labels back) then clustering with boxes, per frame, for each
+    model in alternating runs; stage medians and the share of the frame spent around the network
+    (``around_network_share``)."""
     from perception.lidar.clustering import cluster_instances
     from perception.runtime.segmenter import Segmenter
 
-    segmenter = Segmenter(model_path, providers="cpu")
-    stages: dict[str, list[float]] = {}
-    instances: list[int] = []
+    stages: dict[str, dict[str, list[float]]] = {name: {} for name in models}
+    instances: dict[str, list[int]] = {name: [] for name in models}
 
-    def run() -> None:
+    def frame(name: str, segmenter: Segmenter) -> None:
         result = segmenter.segment(points)
         t0 = time.perf_counter()
         found = cluster_instances(points, result.labels, result.projection, scores=result.scores)
-        instances.append(len(found))
+        instances[name].append(len(found))
         for key, value in {**result.timings_ms, "clustering": (time.perf_counter() - t0) * 1e3}.items():
-            stages.setdefault(key, []).append(value)
+            stages[name].setdefault(key, []).append(value)
 
-    res: dict[str, Any] = dict(time_function(run, repeats))
-    totals = np.sum([stages[k] for k in stages], axis=0)
-    around = np.sum([stages[k] for k in AROUND_NETWORK_STAGES], axis=0)
-    for key, values in stages.items():
-        res[f"{key}_median_ms"] = float(np.median(values))
-    res["around_network_share"] = float(np.median(around / totals))
-    res["instances"] = int(np.median(instances))
-    res["stage_note"] = ", ".join(f"{k} {np.median(v):.1f}" for k, v in stages.items())
-    return res
+    segmenters = {name: Segmenter(path, providers="cpu") for name, path in models.items()}
+    timed = time_interleaved(
+        {name: functools.partial(frame, name, segmenter) for name, segmenter in segmenters.items()}, repeats
+    )
+    out: dict[str, dict[str, Any]] = {}
+    for name in models:
+        res: dict[str, Any] = dict(timed[name])
+        per_stage = {k: np.asarray(v[-repeats:]) for k, v in stages[name].items()}  # the timed rounds
+        totals = np.sum(list(per_stage.values()), axis=0)
+        around = np.sum([per_stage[k] for k in AROUND_NETWORK_STAGES], axis=0)
+        for key, values in per_stage.items():
+            res[f"{key}_median_ms"] = float(np.median(values))
+        res["around_network_share"] = float(np.median(around / totals))
+        res["instances"] = int(np.median(instances[name]))
+        res["stage_note"] = ", ".join(f"{k} {np.median(v):.1f}" for k, v in per_stage.items())
+        out[name] = res
+    return out
 
 
 def _seg_model_for(sensor_name: str, tmp: Path) -> tuple[Path | None, str]:
@@ -494,7 +541,7 @@ def bench_lidar_pipeline(repeats: int, ctx: BenchContext | None = None) -> dict[
         if model_path is None:
             return {"median_ms": float("nan"), "p90_ms": float("nan"), "p99_ms": float("nan"), "runs": 0,
                     "notes": f"skipped: {note}"}  # fmt: skip
-        res = _time_lidar_path(model_path, points, repeats)
+        res = _time_lidar_paths({"fp32": model_path}, points, repeats)["fp32"]
     res["notes"] = (
         f"{len(points)} pts ({scan_note}), kitti-front, {note}, {res['instances']} instances; {res.pop('stage_note')};"
         f" around the network {res['around_network_share'] * 100:.0f}%"
@@ -526,8 +573,8 @@ def bench_lidar_360(repeats: int, ctx: BenchContext | None = None) -> dict[str, 
         seeds = range(1, 1 + CALIBRATION_FRAMES)
         int8_path = quantize_model(model_path, int8_model_path(model_path), _analytic_seg_feeds(SENSORS["hdl64e-360"],
                                    seeds), max_frames=len(seeds), task="seg", write_card=False).out  # fmt: skip
-        res: dict[str, Any] = _time_lidar_path(model_path, points, repeats)
-        int8 = _time_lidar_path(int8_path, points, repeats)
+        both = _time_lidar_paths({"fp32": model_path, "int8": int8_path}, points, repeats)
+        res, int8 = both["fp32"], both["int8"]
         in_view = spherical_project(points, SENSORS["hdl64e-360"]).in_view
         fp32_labels = Segmenter(model_path, providers="cpu").segment(points).labels[in_view]
         int8_labels = Segmenter(int8_path, providers="cpu").segment(points).labels[in_view]
@@ -576,7 +623,7 @@ def bench_det(repeats: int, ctx: BenchContext | None = None) -> dict[str, object
         res: dict[str, Any] = dict(time_function(lambda: session.run(None, {"image": image}), repeats))
         probs, conf, deltas = session.run(None, {"image": image})
         res.update(flop_fields("ort", path, res["median_ms"], ctx))
-        res.update(_int8_comparison("det", path, session, {"image": image}, "class_probs", res["median_ms"], repeats,
+        res.update(_int8_comparison("det", path, session, {"image": image}, "class_probs", repeats,
                                     ctx, Path(tmp)))  # fmt: skip
     eager_note = "torch eager not timed"
     if ctx.torch_eager:
