@@ -285,23 +285,30 @@ LIGHTER_BLOCKS = ("squeezenext", "shift")
 
 
 def _lighter_seg_variants(
-    tmp: Path, feeds: dict[str, np.ndarray], fire_ms: float, repeats: int, ctx: BenchContext
+    tmp: Path, feeds: dict[str, np.ndarray], fire_session: Any, repeats: int, ctx: BenchContext
 ) -> dict[str, float]:
-    """SqueezeSeg + CRF with SqueezeNext and Shift encoder blocks, timed beside the Fire model (ORT CPU)."""
+    """SqueezeSeg + CRF with SqueezeNext and Shift encoder blocks, timed in alternation with the Fire model
+    (ORT CPU); ``fire_alongside_median_ms`` is the Fire model in the same rounds."""
     import onnxruntime as ort
 
     from perception.lidar.sensors import SENSORS
     from perception.training.export import build_segmentation_model, export_segmentation_onnx
 
-    out: dict[str, float] = {}
+    runs: dict[str, Callable[[], object]] = {"fire": lambda: fire_session.run(["logits"], feeds)}
+    paths = {}
     for block in LIGHTER_BLOCKS:
         model = build_segmentation_model(crf=True, seed=0, block=block, crf_form="standard")
-        path = export_segmentation_onnx(model, tmp / f"seg_{block}.onnx", SENSORS["kitti-front"])
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        median = time_function(lambda s=session: s.run(["logits"], feeds), repeats)["median_ms"]
+        paths[block] = export_segmentation_onnx(model, tmp / f"seg_{block}.onnx", SENSORS["kitti-front"])
+        session = ort.InferenceSession(str(paths[block]), providers=["CPUExecutionProvider"])
+        runs[block] = functools.partial(session.run, ["logits"], feeds)
+    timed = time_interleaved(runs, repeats)
+    fire_ms = timed["fire"]["median_ms"]
+    out: dict[str, float] = {"fire_alongside_median_ms": fire_ms}
+    for block in LIGHTER_BLOCKS:
+        median = timed[block]["median_ms"]
         out[f"{block}_median_ms"] = median
         out[f"{block}_vs_fire_speedup"] = fire_ms / median
-        out.update(flop_fields(block, path, median, ctx))
+        out.update(flop_fields(block, paths[block], median, ctx))
     return out
 
 
@@ -363,7 +370,7 @@ def bench_seg(repeats: int, ctx: BenchContext | None = None) -> dict[str, object
             flops.update(flop_fields("ort" if crf else "ort_without_crf", paths[crf],
                                      results[f"ort_crf={crf}"]["median_ms"], ctx))  # fmt: skip
         int8 = _int8_comparison("seg", paths[True], sessions[True], feeds, "logits", repeats, ctx, Path(tmp))
-        lighter = _lighter_seg_variants(Path(tmp), feeds, results["ort_crf=True"]["median_ms"], repeats, ctx)
+        lighter = _lighter_seg_variants(Path(tmp), feeds, sessions[True], repeats, ctx)
     main: dict[str, Any] = dict(results["ort_crf=True"])
     ort_crf, ort_plain = main["median_ms"], results["ort_crf=False"]["median_ms"]
     main.update(
@@ -376,18 +383,20 @@ def bench_seg(repeats: int, ctx: BenchContext | None = None) -> dict[str, object
     eager_note = "torch eager not timed"
     if ctx.torch_eager:
         t_image, t_mask = torch.from_numpy(image), torch.from_numpy(mask)
-        with torch.inference_mode():
-            for crf, model in torch_models.items():
-                results[f"torch_crf={crf}"] = time_function(
-                    lambda m=model: m(t_image, t_mask), max(3, repeats // 5), warmup=2
-                )
-        eager_crf, eager_plain = results["torch_crf=True"]["median_ms"], results["torch_crf=False"]["median_ms"]
+        runs: dict[str, Callable[[], object]] = {}
+        for crf, model in torch_models.items():
+            runs[f"torch_crf={crf}"] = functools.partial(model, t_image, t_mask)
+            runs[f"ort_crf={crf}"] = functools.partial(sessions[crf].run, ["logits"], feeds)
+        with torch.inference_mode():  # eager and ORT in alternation: their ratio from the same rounds
+            paired = time_interleaved(runs, max(3, repeats // 5), warmup=2)
+        eager_crf, eager_plain = paired["torch_crf=True"]["median_ms"], paired["torch_crf=False"]["median_ms"]
         main.update(
             {
                 "torch_eager_with_crf_median_ms": eager_crf,
                 "torch_eager_without_crf_median_ms": eager_plain,
-                "ort_vs_torch_eager_speedup": eager_crf / ort_crf,
-                "ort_vs_torch_eager_without_crf_speedup": eager_plain / ort_plain,
+                "ort_alongside_torch_eager_median_ms": paired["ort_crf=True"]["median_ms"],
+                "ort_vs_torch_eager_speedup": eager_crf / paired["ort_crf=True"]["median_ms"],
+                "ort_vs_torch_eager_without_crf_speedup": eager_plain / paired["ort_crf=False"]["median_ms"],
             }
         )
         eager_note = f"torch eager {eager_crf:.1f} ms (+CRF)"
@@ -627,10 +636,16 @@ def bench_det(repeats: int, ctx: BenchContext | None = None) -> dict[str, object
                                     ctx, Path(tmp)))  # fmt: skip
     eager_note = "torch eager not timed"
     if ctx.torch_eager:
-        with torch.inference_mode():
-            eager = time_function(lambda: model(torch.from_numpy(image)), max(3, repeats // 5), warmup=2)
+        with torch.inference_mode():  # eager and ORT in alternation: their ratio from the same rounds
+            paired = time_interleaved(
+                {"eager": lambda: model(torch.from_numpy(image)), "ort": lambda: session.run(None, {"image": image})},
+                max(3, repeats // 5),
+                warmup=2,
+            )
+        eager = paired["eager"]
         res["torch_eager_median_ms"] = eager["median_ms"]
-        res["ort_vs_torch_eager_speedup"] = eager["median_ms"] / float(res["median_ms"])
+        res["ort_alongside_torch_eager_median_ms"] = paired["ort"]["median_ms"]
+        res["ort_vs_torch_eager_speedup"] = eager["median_ms"] / paired["ort"]["median_ms"]
         eager_note = f"torch eager {eager['median_ms']:.1f} ms"
     post = time_function(
         lambda: postprocess_detections(probs[0], conf[0], deltas[0], anchors, original_size=(1242, 375)), repeats
