@@ -381,13 +381,17 @@ def _running_extreme(image: np.ndarray, op: np.ufunc, length: int, axis: int) ->
     Entry ``i`` of the result covers ``image[i .. i + length - 1]``, so the result is ``length - 1``
     shorter along ``axis``; computed by doubling, in about log2(length) passes.
     """
-    acc, span = np.moveaxis(image, axis, -1), 1
+
+    def part(a: np.ndarray, start: int, stop: int | None) -> np.ndarray:
+        return a[(slice(None),) * axis + (slice(start, stop),)]
+
+    acc, span = image, 1
     while 2 * span <= length:
-        acc = op(acc[..., :-span], acc[..., span:])
+        acc = op(part(acc, 0, -span), part(acc, span, None))
         span *= 2
     if span < length:
-        acc = op(acc[..., : acc.shape[-1] - (length - span)], acc[..., length - span :])
-    return np.moveaxis(acc, -1, axis)
+        acc = op(part(acc, 0, acc.shape[axis] - (length - span)), part(acc, length - span, None))
+    return acc
 
 
 def _near_other_cluster(grid: _PaddedPixels, root: np.ndarray, half_rows: int, shifts: Sequence[int]) -> np.ndarray:
