@@ -196,16 +196,6 @@ def bench_projection(repeats: int, ctx: BenchContext | None = None) -> dict[str,
     return res
 
 
-def _sample_range_image() -> tuple[np.ndarray, np.ndarray]:
-    from perception.lidar.projection import spherical_project
-    from perception.lidar.sensors import SENSORS
-    from perception.sim.analytic import cast_scan, street_scene
-
-    scan = cast_scan(SENSORS["hdl64e-360"], street_scene(0), seed=0).points
-    proj = spherical_project(scan, SENSORS["kitti-front"])
-    return proj.image[None], proj.mask[None, None].astype(np.float32)
-
-
 def _analytic_seg_feeds(sensor: Any, seeds: range) -> list[dict[str, np.ndarray]]:
     """SqueezeSeg inputs of analytic street scans (one per seed), projected as the Segmenter projects them."""
     from perception.lidar.projection import spherical_project, validate_points
@@ -326,7 +316,9 @@ def bench_seg(repeats: int, ctx: BenchContext | None = None) -> dict[str, object
     from perception.runtime.quantize import int8_model_path
 
     ctx = ctx or BenchContext()
-    image, mask = _sample_range_image()
+    from perception.sim.analytic import street_range_image
+
+    image, mask = street_range_image()
     feeds = {"range_image": image, "mask": mask}
     probe = {"matmul_probe_gflops_per_s": ctx.matmul_gflops_per_s} if ctx.matmul_gflops_per_s else {}
     try:

@@ -722,6 +722,7 @@ def export_seg(
     import numpy as np
 
     from perception.lidar.sensors import load_sensor
+    from perception.sim.analytic import street_range_image
 
     try:
         from perception.training.export import (
@@ -753,11 +754,7 @@ def export_seg(
             (rng.normal(size=(1, 5, *spec.shape)) * 10).astype(np.float32),
             (rng.random((1, 1, *spec.shape)) > 0.1).astype(np.float32),
         )
-        inputs = {"random": random_input}
-        if spec.width == 512 and spec.height == 64:
-            from perception.bench import _sample_range_image
-
-            inputs["street scan"] = _sample_range_image()
+        inputs = {"random": random_input, "street scan": street_range_image(spec)}
         report = []
         for name, (image, mask) in inputs.items():
             diff, scale = logit_agreement(model, checking, image, mask)

@@ -145,3 +145,18 @@ def street_scene(seed: int = 0) -> list[Box]:
         )
     boxes.append(Box(x=16.0, y=4.0, length=1.8, width=0.6, height=1.7, yaw=0.05, label=CYCLIST, reflectivity=0.5))
     return boxes
+
+
+def street_range_image(sensor: SensorSpec | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """SqueezeSeg's inputs for the analytic street scene ``seed``, as a Segmenter prepares them.
+
+    The scene is cast with the 360 deg HDL-64E and projected onto ``sensor`` (default: the KITTI front
+    view): (range image float32 (1, 5, H, W), mask float32 (1, 1, H, W)). A realistic, deterministic input
+    for export checks and benchmarks.
+    """
+    from perception.lidar.projection import spherical_project
+    from perception.lidar.sensors import SENSORS
+
+    scan = cast_scan(SENSORS["hdl64e-360"], street_scene(seed), seed=seed).points
+    proj = spherical_project(scan, sensor or SENSORS["kitti-front"])
+    return proj.image[None], proj.mask[None, None].astype(np.float32)
