@@ -16,14 +16,22 @@ Two ways to find the neighbours:
 
 ``method="range_image"`` (the runtime path, pure numpy):
     candidates are only the points whose range-image pixel lies in a window (default 7 rows x
-    15 columns) around the point's own pixel, from :attr:`Projection.pixel_of_point`. Points that
-    lost their pixel to a nearer point keep their (row, col), so the points are grouped per pixel
-    (sorted by flat pixel index, CSR offsets) and every point on a window pixel is a candidate;
-    every candidate is then checked against ``eps_m`` in 3D. Columns wrap around (needed for
-    360 deg sensors; for a partial field of view the far edges are tens of degrees apart and never
-    pass the 3D test). Work is vectorised over points, one batch of window offsets at a time, so
-    the cost is linear in the number of points (times the window size); the connected components
-    come from vectorised min-label hooking with pointer jumping (no scipy).
+    15 columns) around the point's own pixel, from :attr:`Projection.pixel_of_point`; every
+    candidate is checked against ``eps_m`` in 3D. Points that lost their pixel to a nearer point
+    keep their (row, col): the points sit on a padded copy of the image, one layer per rank within
+    a pixel (layer 0 holds each pixel's first point), so that a window step is a constant flat
+    offset from any point. Columns wrap around (needed for 360 deg sensors; for a partial field of
+    view the far edges are tens of degrees apart and never pass the 3D test). The result is exact
+    DBSCAN over this neighbour relation, found in stages so that most of the window is never
+    searched (each stage vectorised over points and window steps):
+
+    1. every pair within 3 x 3 pixels (on a surface, most points already have ``min_points``);
+    2. the points still short of ``min_points``: all their neighbours in 3 x 5, then, for those
+       still short, in the whole window (so every non-core point knows all its neighbours);
+    3. clusters from the core pairs found so far (vectorised min-label hooking with pointer
+       jumping, no scipy); then links between clusters across the rest of the window, searched
+       only from core points that have another cluster's core point in their window (running
+       max/min of a root image) and only towards points of another cluster.
 
     The window is an approximation: an eps-neighbour whose pixel is outside the window is missed
     (a window as large as the image gives exactly sklearn's labels). At range ``r`` the eps ball
