@@ -265,6 +265,49 @@ def _window_steps(
 
 
 @dataclass(frozen=True)
+class _SearchPlan:
+    """The window steps of each stage of :func:`range_image_dbscan` for one window and padded image."""
+
+    half_rows: int
+    shifts: tuple[int, ...]
+    near_half: tuple[_Step, ...]  # every pair in the near part, once (owners)
+    near_full: tuple[_Step, ...]  # the near part around a point (non-owners)
+    beside: tuple[_Step, ...]  # the first ring searched for points short of min_points
+    rest: tuple[_Step, ...]  # the rest of the window, for those still short
+    ring_half: tuple[_Step, ...]  # the window beyond the near part, each pair once (links)
+    ring_full: tuple[_Step, ...]  # the same around a point (links from non-owners)
+
+
+@functools.lru_cache(maxsize=64)
+def _search_plan(window: tuple[int, int], height: int, width: int, row_stride: int) -> _SearchPlan:
+    half_rows = min(window[0] // 2, height - 1)
+    shifts = _column_shifts(window[1] // 2, width)
+    near_rows = min(_NEAR_HALF_WINDOW[0], half_rows)
+    near_shifts = _column_shifts(min(_NEAR_HALF_WINDOW[1], window[1] // 2), width)
+    near_full = _window_steps(near_rows, near_shifts, width, row_stride, False)
+    near = {(s.rows, s.shift) for s in near_full}
+    ring_full = tuple(
+        s for s in _window_steps(half_rows, shifts, width, row_stride, False) if (s.rows, s.shift) not in near
+    )
+
+    def beside_near(step: _Step) -> bool:
+        return abs(step.rows) <= near_rows and abs(step.shift) <= _SHORT_FIRST_HALF_COLS
+
+    return _SearchPlan(
+        half_rows=half_rows,
+        shifts=shifts,
+        near_half=_window_steps(near_rows, near_shifts, width, row_stride, True),
+        near_full=near_full,
+        beside=tuple(s for s in ring_full if beside_near(s)),
+        rest=tuple(s for s in ring_full if not beside_near(s)),
+        ring_half=tuple(
+            s for s in _window_steps(half_rows, shifts, width, row_stride, True) if (s.rows, s.shift) not in near
+        ),
+        ring_full=ring_full,
+    )
+
+
+@dataclass(frozen=True)
 class _PaddedPixels:
     """The points of one class on their band of range-image rows, padded for window lookups.
 
@@ -508,31 +551,21 @@ def range_image_dbscan(
     half_rows = min(params.window[0] // 2, height - 1)
     shifts = _column_shifts(params.window[1] // 2, width)
     grid = _pad_pixels(pix[order, 0], pix[order, 1], width, half_rows, max(abs(s) for s in shifts))
+    plan = _search_plan(params.window, height, width, grid.row_stride)
     coords = tuple(np.append(pts[order, k], 1e30) for k in range(3))
     eps2 = params.eps_m * params.eps_m
     owners, others = np.flatnonzero(grid.layer == 0), np.flatnonzero(grid.layer > 0)
 
-    def steps(rows: int, col_shifts: tuple[int, ...], half: bool) -> tuple[_Step, ...]:
-        return _window_steps(rows, col_shifts, width, grid.row_stride, half)
-
     # 1. every pair in the near part of the window (3 x 3)
-    near_rows = min(_NEAR_HALF_WINDOW[0], half_rows)
-    near_shifts = _column_shifts(min(_NEAR_HALF_WINDOW[1], params.window[1] // 2), width)
-    near_full = steps(near_rows, near_shifts, False)
     near_i, near_j = _concat_pairs(
-        _close_pairs(grid, coords, eps2, owners, steps(near_rows, near_shifts, True), all_layers=False),
-        _close_pairs(grid, coords, eps2, others, near_full, all_layers=True),
+        _close_pairs(grid, coords, eps2, owners, plan.near_half, all_layers=False),
+        _close_pairs(grid, coords, eps2, others, plan.near_full, all_layers=True),
     )
     count = 1 + np.bincount(near_i, minlength=m) + np.bincount(near_j, minlength=m)
-    near = {(s.rows, s.shift) for s in near_full}
-    ring_half = [s for s in steps(half_rows, shifts, True) if (s.rows, s.shift) not in near]
-    ring_full = [s for s in steps(half_rows, shifts, False) if (s.rows, s.shift) not in near]
     # 2. the points still short of min_points: all their neighbours in the rest of the window, first
     # in the columns just beside the near part (enough for most), then in the rest for those still short
-    beside = [s for s in ring_full if abs(s.rows) <= near_rows and abs(s.shift) <= _SHORT_FIRST_HALF_COLS]
-    rest = [s for s in ring_full if not (abs(s.rows) <= near_rows and abs(s.shift) <= _SHORT_FIRST_HALF_COLS)]
     far: list[tuple[np.ndarray, np.ndarray]] = []
-    for part in (beside, rest):
+    for part in (plan.beside, plan.rest):
         short = np.flatnonzero(count < params.min_points)
         far.append(_close_pairs(grid, coords, eps2, short, part, all_layers=True, once=False))
         count += np.bincount(far[-1][0], minlength=m)
@@ -549,10 +582,12 @@ def range_image_dbscan(
     # 3. links between clusters across the rest of the window: searched only from core points
     # that have another cluster's core point in their window
     linkable = np.append(np.where(core, root, -1), -1)
-    if ring_half and (front := _near_other_cluster(grid, linkable, half_rows, shifts)).any():
+    core_roots = root[core]
+    several = core_roots.min() != core_roots.max()  # one cluster has nothing to link to
+    if several and plan.ring_half and (front := _near_other_cluster(grid, linkable, half_rows, shifts)).any():
         link_i, link_j = _concat_pairs(
-            _close_pairs(grid, coords, eps2, owners[front[owners]], ring_half, all_layers=False, root=linkable),
-            _close_pairs(grid, coords, eps2, others[front[others]], ring_full, all_layers=True, root=linkable),
+            _close_pairs(grid, coords, eps2, owners[front[owners]], plan.ring_half, all_layers=False, root=linkable),
+            _close_pairs(grid, coords, eps2, others[front[others]], plan.ring_full, all_layers=True, root=linkable),
         )
         if link_i.size:
             root = connected_components(m, root[link_i], root[link_j])[root]
