@@ -412,7 +412,7 @@ def bench_clustering(repeats: int, ctx: BenchContext | None = None) -> dict[str,
     from perception.lidar.clustering import (
         DEFAULT_CLUSTER_PARAMS,
         cluster_instances,
-        range_image_dbscan,
+        range_image_dbscan_groups,
         sklearn_dbscan,
     )
     from perception.lidar.projection import spherical_project
@@ -427,9 +427,15 @@ def bench_clustering(repeats: int, ctx: BenchContext | None = None) -> dict[str,
         sel = (scan.labels == cls) & proj.in_view
         per_class.append((scan.points[sel, :3].astype(np.float64), proj.pixel_of_point[sel], params))
 
+    # the classes in one search, as cluster_instances runs it (points of different classes never pair)
+    classes = sorted(DEFAULT_CLUSTER_PARAMS)
+    together = np.flatnonzero(np.isin(scan.labels, classes) & proj.in_view)
+    groups = np.searchsorted(classes, scan.labels[together])
+    params = [DEFAULT_CLUSTER_PARAMS[c] for c in classes]
+
     def fast() -> None:
-        for xyz, pixels, p in per_class:
-            range_image_dbscan(xyz, pixels, proj.mask.shape, p.eps_m, p.min_points, p.window)
+        range_image_dbscan_groups(scan.points[together, :3], proj.pixel_of_point[together], groups, proj.mask.shape,
+                                  params)  # fmt: skip
 
     def reference() -> None:
         for xyz, _, p in per_class:

@@ -28,6 +28,7 @@ from perception.lidar.clustering import (
     fit_box,
     instance_ids_per_point,
     range_image_dbscan,
+    range_image_dbscan_groups,
 )
 from perception.lidar.projection import spherical_project
 from perception.lidar.sensors import HDL64E_KITTI_ELEVATIONS_DEG, SENSORS, SensorSpec
@@ -227,6 +228,37 @@ def test_the_window_search_is_exact_dbscan_over_window_neighbours(height, width,
     dist = np.where(in_window, np.linalg.norm(xyz[:, None] - xyz[None, :], axis=-1), 1e9)
     expected = DBSCAN(eps=eps, min_samples=min_points, metric="precomputed").fit(dist).labels_
     np.testing.assert_array_equal(fast, expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    height=st.integers(1, 6),
+    width=st.integers(1, 20),
+    window=st.tuples(st.sampled_from([1, 3, 7]), st.sampled_from([1, 5, 15])),
+    data=st.data(),
+)
+def test_groups_clustered_together_get_the_labels_each_gets_alone(height, width, window, data):
+    m = data.draw(st.integers(0, 90))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    pixels = np.stack([rng.integers(0, height, m), rng.integers(0, width, m)], axis=1)
+    xyz = (np.column_stack([pixels[:, 1], pixels[:, 0], np.zeros(m)]) + rng.integers(-1, 2, (m, 3))).astype(float)
+    params = [ClusterParams(eps_m=e, min_points=k, window=window) for e, k in ((1.5, 3), (2.5, 5), (3.5, 1))]
+    groups = rng.integers(0, len(params), m)
+    together = range_image_dbscan_groups(xyz, pixels, groups, (height, width), params)
+    for g, p in enumerate(params):  # same points, same pixels, one group at a time
+        alone = range_image_dbscan(
+            xyz[groups == g], pixels[groups == g], (height, width), p.eps_m, p.min_points, window
+        )
+        np.testing.assert_array_equal(together[groups == g], alone)
+
+
+def test_groups_need_one_window_and_valid_indices():
+    xyz, pixels = np.zeros((2, 3)), np.zeros((2, 2), dtype=np.int64)
+    one, other = ClusterParams(eps_m=1.0, min_points=1), ClusterParams(eps_m=1.0, min_points=1, window=(3, 3))
+    with pytest.raises(ValueError, match="one window"):
+        range_image_dbscan_groups(xyz, pixels, np.array([0, 1]), (4, 4), [one, other])
+    with pytest.raises(ValueError, match="indexing"):
+        range_image_dbscan_groups(xyz, pixels, np.array([0, 2]), (4, 4), [one, one])
 
 
 # --- against the synthetic ground truth -------------------------------------------------------

@@ -362,13 +362,14 @@ _CANDIDATE_CHUNK = 1 << 18  # (point, step) candidates handled per vectorised ba
 def _close_pairs(
     grid: _PaddedPixels,
     coords: tuple[np.ndarray, ...],
-    eps2: float,
+    eps2: float | np.ndarray,
     sources: np.ndarray,
     steps: Sequence[_Step],
     *,
     all_layers: bool,
     once: bool = True,
     root: np.ndarray | None = None,
+    group: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (source, target) of points within ``sqrt(eps2)`` whose pixels are one of ``steps`` apart.
 
@@ -381,6 +382,9 @@ def _close_pairs(
     With ``root`` (int64 (m + 1,), -1 for points that cannot link, the sentinel included) only
     targets whose root is >= 0 and differs from the source's are kept, before the distance is
     computed: the search for links between clusters (``once`` is then ignored).
+
+    ``eps2`` may be one value or one per position (then the source's applies); with ``group``
+    (per position, the sentinel included) only pairs of the same group are kept.
     """
     x, y, z = coords
     m = x.size - 1
@@ -420,7 +424,9 @@ def _close_pairs(
                 d = np.take(c, ii) - np.take(c, jj)
                 d *= d
                 d2 += d
-            close = d2 <= eps2
+            close = d2 <= (eps2 if np.isscalar(eps2) else np.take(eps2, ii))
+            if group is not None:
+                close &= np.take(group, ii) == np.take(group, jj)
             found_i.append(ii[close])
             found_j.append(jj[close])
     return np.concatenate(found_i), np.concatenate(found_j)
@@ -541,6 +547,52 @@ def range_image_dbscan(
     if (pix < 0).any() or (pix[:, 0] >= height).any() or (pix[:, 1] >= width).any():
         raise ValueError(f"pixels must lie inside the {height} x {width} image (points not in view cannot be used)")
     params = ClusterParams(eps_m=eps_m, min_points=min_points, window=window)  # validates
+    return _grouped_dbscan(pts, pix, np.zeros(pts.shape[0], dtype=np.int64), (height, width), [params])
+
+
+def range_image_dbscan_groups(
+    xyz: np.ndarray,
+    pixels: np.ndarray,
+    groups: np.ndarray,
+    image_shape: tuple[int, int],
+    params: Sequence[ClusterParams],
+) -> np.ndarray:
+    """:func:`range_image_dbscan` of several groups of points at once (the classes of a frame).
+
+    ``groups`` (M,) int gives each point's group, an index into ``params`` (one eps and min_points per
+    group; all groups must share one window). Points of different groups are never neighbours, so
+    each group gets exactly the labels :func:`range_image_dbscan` gives it alone, numbered from 0 in
+    each group (-1 noise). One call does the per-call work (sorting, padded image, cluster links)
+    once for all groups.
+    """
+    pts = np.asarray(xyz, dtype=np.float64)
+    pix = np.asarray(pixels)
+    grp = np.asarray(groups)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise ValueError(f"xyz must have shape (M, 3), got {pts.shape}")
+    if pix.shape != (pts.shape[0], 2) or pix.dtype.kind not in "iu":
+        raise ValueError(f"pixels must be integer (M, 2) with M = {pts.shape[0]}, got {pix.dtype} {pix.shape}")
+    if (
+        grp.shape != (pts.shape[0],)
+        or grp.dtype.kind not in "iu"
+        or (grp.size and (grp.min() < 0 or grp.max() >= len(params)))
+    ):
+        raise ValueError(f"groups must be (M,) integers indexing the {len(params)} params")
+    if not params or not all(isinstance(p, ClusterParams) for p in params) or len({p.window for p in params}) != 1:
+        raise ValueError("params must be ClusterParams sharing one window")
+    height, width = (int(v) for v in image_shape)
+    pix = pix.astype(np.int64, copy=False)
+    if (pix < 0).any() or (pix[:, 0] >= height).any() or (pix[:, 1] >= width).any():
+        raise ValueError(f"pixels must lie inside the {height} x {width} image (points not in view cannot be used)")
+    return _grouped_dbscan(pts, pix, grp.astype(np.int64), (height, width), list(params))
+
+
+def _grouped_dbscan(
+    pts: np.ndarray, pix: np.ndarray, groups: np.ndarray, image_shape: tuple[int, int], params: list[ClusterParams]
+) -> np.ndarray:
+    """The staged window search of the module docstring; inputs validated by the callers."""
+    height, width = image_shape
+    window = params[0].window
     m = pts.shape[0]
     labels = np.full(m, -1, dtype=np.int64)
     if m == 0:
@@ -548,29 +600,37 @@ def range_image_dbscan(
     # work in pixel order; `order` maps positions back to input indices
     flat = pix[:, 0] * width + pix[:, 1]
     order = np.argsort(flat, kind="stable")
-    half_rows = min(params.window[0] // 2, height - 1)
-    shifts = _column_shifts(params.window[1] // 2, width)
+    half_rows = min(window[0] // 2, height - 1)
+    shifts = _column_shifts(window[1] // 2, width)
     grid = _pad_pixels(pix[order, 0], pix[order, 1], width, half_rows, max(abs(s) for s in shifts))
-    plan = _search_plan(params.window, height, width, grid.row_stride)
+    plan = _search_plan(window, height, width, grid.row_stride)
     coords = tuple(np.append(pts[order, k], 1e30) for k in range(3))
-    eps2 = params.eps_m * params.eps_m
+    group_at = groups[order]
+    several_groups = len(params) > 1 and group_at.min() != group_at.max()
+    if several_groups:  # per position (the sentinel's group is -1: it never pairs)
+        eps2: float | np.ndarray = np.append(np.array([p.eps_m**2 for p in params])[group_at], 0.0)
+        group: np.ndarray | None = np.append(group_at, -1)
+        min_points: int | np.ndarray = np.array([p.min_points for p in params])[group_at]
+    else:
+        only = params[int(group_at[0])]
+        eps2, group, min_points = only.eps_m * only.eps_m, None, only.min_points
     owners, others = np.flatnonzero(grid.layer == 0), np.flatnonzero(grid.layer > 0)
 
     # 1. every pair in the near part of the window (3 x 3)
     near_i, near_j = _concat_pairs(
-        _close_pairs(grid, coords, eps2, owners, plan.near_half, all_layers=False),
-        _close_pairs(grid, coords, eps2, others, plan.near_full, all_layers=True),
+        _close_pairs(grid, coords, eps2, owners, plan.near_half, all_layers=False, group=group),
+        _close_pairs(grid, coords, eps2, others, plan.near_full, all_layers=True, group=group),
     )
     count = 1 + np.bincount(near_i, minlength=m) + np.bincount(near_j, minlength=m)
     # 2. the points still short of min_points: all their neighbours in the rest of the window, first
     # in the columns just beside the near part (enough for most), then in the rest for those still short
     far: list[tuple[np.ndarray, np.ndarray]] = []
     for part in (plan.beside, plan.rest):
-        short = np.flatnonzero(count < params.min_points)
-        far.append(_close_pairs(grid, coords, eps2, short, part, all_layers=True, once=False))
+        short = np.flatnonzero(count < min_points)
+        far.append(_close_pairs(grid, coords, eps2, short, part, all_layers=True, once=False, group=group))
         count += np.bincount(far[-1][0], minlength=m)
     far_i, far_j = _concat_pairs(*far)
-    core = count >= params.min_points
+    core = count >= min_points
     if not core.any():
         return labels
     # every pair with a non-core point is now known (non-core points are all short): clusters
@@ -586,9 +646,11 @@ def range_image_dbscan(
     several = core_roots.min() != core_roots.max()  # one cluster has nothing to link to
     if several and plan.ring_half and (front := _near_other_cluster(grid, linkable, half_rows, shifts)).any():
         link_i, link_j = _concat_pairs(
-            _close_pairs(grid, coords, eps2, owners[front[owners]], plan.ring_half, all_layers=False, root=linkable),
-            _close_pairs(grid, coords, eps2, others[front[others]], plan.ring_full, all_layers=True, root=linkable),
-        )
+            _close_pairs(grid, coords, eps2, owners[front[owners]], plan.ring_half, all_layers=False, root=linkable,
+                         group=group),
+            _close_pairs(grid, coords, eps2, others[front[others]], plan.ring_full, all_layers=True, root=linkable,
+                         group=group),
+        )  # fmt: skip
         if link_i.size:
             root = connected_components(m, root[link_i], root[link_j])[root]
     # a cluster's key: the smallest input index among its core points (sklearn's discovery order)
@@ -601,9 +663,12 @@ def range_image_dbscan(
     to_i = core_j & ~core_i
     border = np.concatenate([jj[to_j], ii[to_i]])
     np.minimum.at(assigned, border, key[root[np.concatenate([ii[to_j], jj[to_i]])]])
-    clustered = assigned < m
-    _, rank = np.unique(assigned[clustered], return_inverse=True)
-    labels[order[clustered]] = rank
+    clustered = np.flatnonzero(assigned < m)
+    # clusters numbered by key within each group
+    combined = group_at[clustered] * (m + 1) + assigned[clustered]
+    distinct, rank = np.unique(combined, return_inverse=True)
+    first_of_group = np.searchsorted(distinct, (distinct // (m + 1)) * (m + 1))
+    labels[order[clustered]] = rank - first_of_group[rank]
     return labels
 
 
@@ -929,17 +994,32 @@ def cluster_instances(
     pixels = projection.pixel_of_point
     in_view = projection.in_view
 
+    classes = sorted(class_params)
+    clusters: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # class -> (point indices, cluster per point)
+    if method == "range_image":
+        # one search for all the classes that share a window (points of different classes never pair)
+        for window in dict.fromkeys(class_params[c].window for c in classes):
+            same = [c for c in classes if class_params[c].window == window]
+            sel = np.flatnonzero(np.isin(lab, same) & in_view)
+            group = np.searchsorted(same, lab[sel])
+            found = range_image_dbscan_groups(
+                pts[sel, :3], pixels[sel], group, image_shape, [class_params[c] for c in same]
+            )
+            for g, cls in enumerate(same):
+                clusters[cls] = (sel[group == g], found[group == g])
+    else:
+        for cls in classes:
+            sel = np.flatnonzero((lab == cls) & in_view)
+            p = class_params[cls]
+            clusters[cls] = (sel, sklearn_dbscan(pts[sel, :3], p.eps_m, p.min_points))
+
     instances: list[Instance] = []
-    for cls in sorted(class_params):
+    for cls in classes:
         p = class_params[cls]
-        sel = np.flatnonzero((lab == cls) & in_view)
+        sel, cluster = clusters[cls]
         if sel.size == 0:
             continue
         xyz = pts[sel, :3].astype(np.float64)
-        if method == "range_image":
-            cluster = range_image_dbscan(xyz, pixels[sel], image_shape, p.eps_m, p.min_points, p.window)
-        else:
-            cluster = sklearn_dbscan(xyz, p.eps_m, p.min_points)
         member = np.flatnonzero(cluster >= 0)
         if member.size == 0:
             continue
