@@ -488,6 +488,25 @@ def test_params_select_the_classes(street_scan):
     assert cluster_instances(street_scan.points, street_scan.labels, proj, params=big) == []
 
 
+def test_classes_with_their_own_windows_cluster_as_they_would_alone(street_scan):
+    proj = spherical_project(street_scan.points, FULL)
+    params = {
+        CAR: DEFAULT_CLUSTER_PARAMS[CAR],
+        PEDESTRIAN: dataclasses.replace(DEFAULT_CLUSTER_PARAMS[PEDESTRIAN], window=(5, 11)),
+        CYCLIST: DEFAULT_CLUSTER_PARAMS[CYCLIST],
+    }
+    together = cluster_instances(street_scan.points, street_scan.labels, proj, params=params)
+    alone = [
+        inst
+        for cls in sorted(params)
+        for inst in cluster_instances(street_scan.points, street_scan.labels, proj, params={cls: params[cls]})
+    ]
+    assert len(together) == len(alone) and {i.class_id for i in together} == {CAR, PEDESTRIAN, CYCLIST}
+    for a, b in zip(together, alone, strict=True):
+        assert a.class_id == b.class_id and a.box == b.box
+        np.testing.assert_array_equal(a.point_indices, b.point_indices)
+
+
 def test_bad_inputs_raise_value_errors():
     pts = np.array([[10.0, 0.0, -1.0, 0.5], [10.0, 0.1, -1.0, 0.5]], dtype=np.float32)
     labels = np.ones(2, dtype=np.int64)
