@@ -427,15 +427,18 @@ def bench_clustering(repeats: int, ctx: BenchContext | None = None) -> dict[str,
         sel = (scan.labels == cls) & proj.in_view
         per_class.append((scan.points[sel, :3].astype(np.float64), proj.pixel_of_point[sel], params))
 
-    # the classes in one search, as cluster_instances runs it (points of different classes never pair)
-    classes = sorted(DEFAULT_CLUSTER_PARAMS)
-    together = np.flatnonzero(np.isin(scan.labels, classes) & proj.in_view)
-    groups = np.searchsorted(classes, scan.labels[together])
-    params = [DEFAULT_CLUSTER_PARAMS[c] for c in classes]
+    # one search per window for the classes that share it, as cluster_instances runs them
+    searches = []
+    for window in dict.fromkeys(p.window for p in DEFAULT_CLUSTER_PARAMS.values()):
+        classes = sorted(c for c, p in DEFAULT_CLUSTER_PARAMS.items() if p.window == window)
+        together = np.flatnonzero(np.isin(scan.labels, classes) & proj.in_view)
+        groups = np.searchsorted(classes, scan.labels[together])
+        params = [DEFAULT_CLUSTER_PARAMS[c] for c in classes]
+        searches.append((scan.points[together, :3], proj.pixel_of_point[together], groups, params))
 
     def fast() -> None:
-        range_image_dbscan_groups(scan.points[together, :3], proj.pixel_of_point[together], groups, proj.mask.shape,
-                                  params)  # fmt: skip
+        for xyz, pixels, groups, params in searches:
+            range_image_dbscan_groups(xyz, pixels, groups, proj.mask.shape, params)
 
     def reference() -> None:
         for xyz, _, p in per_class:

@@ -252,6 +252,30 @@ def test_groups_clustered_together_get_the_labels_each_gets_alone(height, width,
         np.testing.assert_array_equal(together[groups == g], alone)
 
 
+@requires_sklearn
+def test_hundreds_of_points_on_one_pixel_are_exact_and_cost_only_their_pairs():
+    from sklearn.cluster import DBSCAN
+
+    from perception.lidar.clustering import _pad_pixels
+
+    rng = np.random.default_rng(3)
+    shape, window, eps, min_points = (16, 64), (7, 15), 0.6, 5
+    pixels = np.stack([rng.integers(0, 16, 1300), rng.integers(0, 64, 1300)], axis=1)
+    pixels[:300] = [8, 63]  # one pixel on the seam holds 300 points
+    xyz = rng.normal(0.0, 2.0, (1300, 3))
+    xyz[:300] = rng.normal(0.0, 0.3, (300, 3))
+    fast = range_image_dbscan(xyz, pixels, shape, eps, min_points, window)
+    dr = np.abs(pixels[:, None, 0] - pixels[None, :, 0])
+    dc = np.abs(pixels[:, None, 1] - pixels[None, :, 1])
+    in_window = (dr <= 3) & (np.minimum(dc, 64 - dc) <= 7)
+    dist = np.where(in_window, np.linalg.norm(xyz[:, None] - xyz[None, :], axis=-1), 1e9)
+    np.testing.assert_array_equal(fast, DBSCAN(eps=eps, min_samples=min_points, metric="precomputed").fit(dist).labels_)
+    # the padded image holds one entry per pixel whatever the number of points on a pixel
+    order = np.argsort(pixels[:, 0] * 64 + pixels[:, 1], kind="stable")
+    grid = _pad_pixels(pixels[order, 0], pixels[order, 1], 64, 3, 7)
+    assert grid.index.size == grid.count.size == (16 + 6) * (64 + 14)
+
+
 def test_groups_need_one_window_and_valid_indices():
     xyz, pixels = np.zeros((2, 3)), np.zeros((2, 2), dtype=np.int64)
     one, other = ClusterParams(eps_m=1.0, min_points=1), ClusterParams(eps_m=1.0, min_points=1, window=(3, 3))

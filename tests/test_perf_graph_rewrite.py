@@ -46,3 +46,11 @@ def test_a_channel_softmax_becomes_reductions_with_the_same_values(opset):
         np.testing.assert_allclose(new, ref, rtol=0, atol=1e-6)
     np.testing.assert_allclose(rewritten[1].sum(axis=1), 1.0, atol=1e-6)
     assert decompose_channel_softmax(model) == 0  # nothing left to rewrite
+
+
+def test_before_opset_13_nothing_is_rewritten():
+    # a Softmax then flattened every axis from `axis` on: not a per-axis softmax, left as it is
+    model = _softmax_model(12)
+    before = [n.op_type for n in model.graph.node]
+    assert decompose_channel_softmax(model) == 0
+    assert [n.op_type for n in model.graph.node] == before

@@ -58,6 +58,17 @@ def test_columns_front_view_and_wraparound():
     assert cols.tolist() == [0, 0, 2047, 1024, 0]
 
 
+def test_a_field_of_view_across_180_deg_wraps():
+    rear = SensorSpec(
+        name="rear", beam_elevations_deg=(1.0, -1.0), width=80,
+        azimuth_left_deg=270.0, azimuth_right_deg=190.0, max_range_m=100.0,
+    )  # fmt: skip
+    # atan2 gives -100 for 260 deg and -169.5 for 190.5 deg; the right edge (190) is outside
+    assert rear.cols_of(np.array([-100.0, 260.0, -169.5, 200.0, 269.9, -170.0, 180.0, 0.0])).tolist() == [
+        10, 10, 79, 70, 0, -1, -1, -1,
+    ]  # fmt: skip
+
+
 @settings(max_examples=60, deadline=None)
 @given(left=st.floats(-180.0, 180.0), span=st.floats(0.5, 360.0), seed=st.integers(0, 2**32 - 1))
 def test_the_azimuth_prefilter_keeps_every_point_a_column_takes(left, span, seed):

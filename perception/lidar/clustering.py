@@ -18,12 +18,13 @@ Two ways to find the neighbours:
     candidates are only the points whose range-image pixel lies in a window (default 7 rows x
     15 columns) around the point's own pixel, from :attr:`Projection.pixel_of_point`; every
     candidate is checked against ``eps_m`` in 3D. Points that lost their pixel to a nearer point
-    keep their (row, col): the points sit on a padded copy of the image, one layer per rank within
-    a pixel (layer 0 holds each pixel's first point), so that a window step is a constant flat
-    offset from any point. Columns wrap around (needed for 360 deg sensors; for a partial field of
-    view the far edges are tens of degrees apart and never pass the 3D test). The result is exact
-    DBSCAN over this neighbour relation, found in stages so that most of the window is never
-    searched (each stage vectorised over points and window steps):
+    keep their (row, col): sorted by pixel, the points of a pixel are a run of positions, and a
+    padded copy of the image holds each pixel's first position and run length, so that a window
+    step is a constant flat offset from any point and the runs behind pixel owners are expanded
+    only where a pixel has several points. Columns wrap around (needed for 360 deg sensors; for a
+    partial field of view the far edges are tens of degrees apart and never pass the 3D test). The
+    result is exact DBSCAN over this neighbour relation, found in stages so that most of the window
+    is never searched (each stage vectorised over points and window steps):
 
     1. every pair within 3 x 3 pixels (on a surface, most points already have ``min_points``);
     2. the points still short of ``min_points``: all their neighbours in 3 x 5, then, for those
@@ -309,26 +310,26 @@ def _search_plan(window: tuple[int, int], height: int, width: int, row_stride: i
 
 @dataclass(frozen=True)
 class _PaddedPixels:
-    """The points of one class on their band of range-image rows, padded for window lookups.
+    """The points of one search on their band of range-image rows, padded for window lookups.
 
-    ``index`` holds, for layer ``k``, the position of the ``k``-th point of every pixel (points
-    sorted by pixel; the sentinel ``m`` where a pixel has fewer points), flattened as
-    (layers, rows + 2 * pad_rows, width + 2 * pad_cols); the padding rows are empty and the
-    padding columns repeat the columns from the other side of the image, so that a step is a
-    constant flat ``offset`` from any point's ``base``. Layer 0 holds every pixel's first point
-    (the "owner"); the few points that lost their pixel to another point of the class are on the
-    layers above.
+    Points are sorted by pixel, so the points of a pixel are a run of consecutive positions: its
+    first point (the pixel's "owner") and, behind it, the few that lost the pixel to it. ``index``
+    holds each pixel's owner position (the sentinel ``m`` on empty pixels) and ``count`` the run's
+    length, both flattened as (rows + 2 * pad_rows, width + 2 * pad_cols); the padding rows are empty
+    and the padding columns repeat the columns from the other side of the image, so that a window
+    step is a constant flat ``offset`` from any point's ``base``. ``rank`` is each point's place in
+    its pixel's run (0 for owners).
     """
 
     index: np.ndarray
+    count: np.ndarray | None  # None when every pixel has one point
     base: np.ndarray
-    layer: np.ndarray
-    plane: int
+    rank: np.ndarray
     row_stride: int
 
     @property
-    def layers(self) -> int:
-        return self.index.size // self.plane
+    def band(self) -> int:
+        return self.index.size // self.row_stride
 
 
 def _pad_pixels(rows: np.ndarray, cols: np.ndarray, width: int, pad_rows: int, pad_cols: int) -> _PaddedPixels:
@@ -338,17 +339,26 @@ def _pad_pixels(rows: np.ndarray, cols: np.ndarray, width: int, pad_rows: int, p
     first = np.ones(m, dtype=bool)
     first[1:] = flat[1:] != flat[:-1]
     run_start = np.flatnonzero(first)
-    layer = np.arange(m, dtype=np.int64) - np.repeat(run_start, np.diff(np.append(run_start, m)))
+    run_length = np.diff(np.append(run_start, m))
+    rank = np.arange(m, dtype=np.int64) - np.repeat(run_start, run_length)
     top = int(rows[0])  # sorted by pixel, so the first point is on the top row of the band
     band = int(rows[-1]) - top + 1 + 2 * pad_rows
     stride = width + 2 * pad_cols
-    index = np.full((int(layer.max()) + 1, band, stride), m, dtype=np.int64)
-    index[layer, rows - top + pad_rows, cols + pad_cols] = np.arange(m, dtype=np.int64)
-    if pad_cols:
-        index[:, :, :pad_cols] = index[:, :, width : width + pad_cols]
-        index[:, :, width + pad_cols :] = index[:, :, pad_cols : 2 * pad_cols]
+    at = (rows[run_start] - top + pad_rows, cols[run_start] + pad_cols)
+    index = np.full((band, stride), m, dtype=np.int64)
+    index[at] = run_start
+    images = [index]
+    count = None
+    if run_start.size < m:  # some pixels hold several points
+        count = np.zeros((band, stride), dtype=np.int64)
+        count[at] = run_length
+        images.append(count)
+    for image in images:
+        if pad_cols:
+            image[:, :pad_cols] = image[:, width : width + pad_cols]
+            image[:, width + pad_cols :] = image[:, pad_cols : 2 * pad_cols]
     base = (rows - top + pad_rows) * stride + cols + pad_cols
-    return _PaddedPixels(index.ravel(), base, layer, band * stride, stride)
+    return _PaddedPixels(index.ravel(), None if count is None else count.ravel(), base, rank, stride)
 
 
 # half height and half width of the window searched for every pair first (3 x 3): on a surface most
@@ -366,7 +376,7 @@ def _close_pairs(
     sources: np.ndarray,
     steps: Sequence[_Step],
     *,
-    all_layers: bool,
+    all_points: bool,
     once: bool = True,
     root: np.ndarray | None = None,
     group: np.ndarray | None = None,
@@ -374,10 +384,12 @@ def _close_pairs(
     """Pairs (source, target) of points within ``sqrt(eps2)`` whose pixels are one of ``steps`` apart.
 
     ``coords`` are x, y, z by position ((m + 1,) each), with a far-away sentinel at ``m`` (empty pixels).
-    Targets are the pixel owners (layer 0) only, or the points of every layer (``all_layers``),
-    never the source itself. ``once`` keeps a pair that the search meets from both of its points
-    from one of them only: on a ``twice`` step between owners, and between two non-owners (whose
-    full-window searches meet each other). ``once=False`` keeps every neighbour of every source.
+    Targets are the pixel owners only, or every point of the pixel (``all_points``: the run behind
+    the owner is expanded only where a pixel has several points, so the work follows the number of
+    real candidates), never the source itself. ``once`` keeps a pair that the search meets from
+    both of its points from one of them only: on a ``twice`` step between owners, and between two
+    non-owners (whose full-window searches meet each other). ``once=False`` keeps every neighbour of
+    every source.
 
     With ``root`` (int64 (m + 1,), -1 for points that cannot link, the sentinel included) only
     targets whose root is >= 0 and differs from the source's are kept, before the distance is
@@ -389,46 +401,65 @@ def _close_pairs(
     x, y, z = coords
     m = x.size - 1
     empty = np.zeros(0, dtype=np.int64)
-    if not all_layers:  # an owner is the only point on layer 0 at its own pixel
+    if not all_points:  # an owner is the only owner at its own pixel
         steps = [s for s in steps if s.offset != 0]
     if sources.size == 0 or not steps:
         return empty, empty
     offsets = np.array([s.offset for s in steps], dtype=np.int64)
     twice = np.array([s.twice for s in steps], dtype=bool)
     num_steps = len(steps)
-    layers = grid.layers if all_layers else 1
     found_i: list[np.ndarray] = [empty]
     found_j: list[np.ndarray] = [empty]
-    per_chunk = max(1, _CANDIDATE_CHUNK // (num_steps * layers))
+
+    def keep_close(ii: np.ndarray, jj: np.ndarray) -> None:
+        d2 = np.take(x, ii) - np.take(x, jj)
+        d2 *= d2
+        for c in (y, z):
+            d = np.take(c, ii) - np.take(c, jj)
+            d *= d
+            d2 += d
+        close = d2 <= (eps2 if np.isscalar(eps2) else np.take(eps2, ii))
+        if group is not None:
+            close &= np.take(group, ii) == np.take(group, jj)
+        found_i.append(ii[close])
+        found_j.append(jj[close])
+
+    def linkable(src: np.ndarray, tgt: np.ndarray, root: np.ndarray) -> np.ndarray:
+        rt = np.take(root, tgt)
+        return (rt >= 0) & (rt != np.take(root, src))
+
+    per_chunk = max(1, _CANDIDATE_CHUNK // num_steps)
     for c0 in range(0, sources.size, per_chunk):
         src = sources[c0 : c0 + per_chunk]
-        at = grid.base[src][:, None] + offsets
-        for k in range(layers):
-            tgt = np.take(grid.index, at + k * grid.plane if k else at)
+        at = grid.base[src][:, None] + offsets  # (sources, steps)
+        tgt = np.take(grid.index, at)  # the owners of the target pixels
+        if root is not None:
+            ok = linkable(src[:, None], tgt, root)
+        else:
+            ok = tgt != m
+            if not once:
+                ok &= tgt != src[:, None]
+            elif not all_points and twice.any():  # owner to owner on a self-mirrored step
+                ok &= ~twice | (tgt > src[:, None])
+        hits = np.flatnonzero(ok)
+        keep_close(np.take(src, hits // num_steps), np.take(tgt, hits))
+        if not all_points or grid.count is None:
+            continue
+        # the points behind the owner, where a target pixel has several
+        extra = np.take(grid.count, at) - 1
+        deep = np.flatnonzero(extra > 0)
+        if deep.size:
+            extra = extra.ravel()[deep]
+            run = np.repeat(tgt.ravel()[deep] + 1 - (np.cumsum(extra) - extra), extra)
+            jj = run + np.arange(int(extra.sum()))
+            ii = np.repeat(np.take(src, deep // num_steps), extra)
             if root is not None:
-                rt = np.take(root, tgt)
-                ok = (rt >= 0) & (rt != np.take(root, src)[:, None])
-            else:
-                ok = tgt != m
-                if not once:
-                    ok &= tgt != src[:, None]
-                elif k > 0:  # two non-owners: kept from the smaller position
-                    ok &= tgt > src[:, None]
-                elif not all_layers and twice.any():  # owner to owner on a self-mirrored step
-                    ok &= ~twice | (tgt > src[:, None])
-            hits = np.flatnonzero(ok)
-            ii, jj = np.take(src, hits // num_steps), np.take(tgt, hits)
-            d2 = np.take(x, ii) - np.take(x, jj)
-            d2 *= d2
-            for c in (y, z):
-                d = np.take(c, ii) - np.take(c, jj)
-                d *= d
-                d2 += d
-            close = d2 <= (eps2 if np.isscalar(eps2) else np.take(eps2, ii))
-            if group is not None:
-                close &= np.take(group, ii) == np.take(group, jj)
-            found_i.append(ii[close])
-            found_j.append(jj[close])
+                ok = linkable(ii, jj, root)
+            elif not once:
+                ok = jj != ii
+            else:  # two non-owners: kept from the smaller position
+                ok = jj > ii
+            keep_close(ii[ok], jj[ok])
     return np.concatenate(found_i), np.concatenate(found_j)
 
 
@@ -454,23 +485,26 @@ def _running_extreme(image: np.ndarray, op: np.ufunc, length: int, axis: int) ->
 def _near_other_cluster(grid: _PaddedPixels, root: np.ndarray, half_rows: int, shifts: Sequence[int]) -> np.ndarray:
     """bool (m,): points with a root >= 0 that have another root >= 0 on a pixel of their window.
 
-    The largest and the smallest root (over the points that can link) in every window, as running
-    extremes over the padded root image (columns, then rows), read at every point's pixel.
+    The largest and the smallest root (over the points that can link) of every pixel's run, then of
+    every window, as running extremes over the padded image (columns, then rows), read at every
+    point's pixel.
     """
     m = grid.base.size
-    band = grid.plane // grid.row_stride
-    image = np.take(root.astype(np.int32), grid.index).reshape(grid.layers, band, grid.row_stride)
-    none = np.iinfo(np.int32).max
-    highest = image.max(axis=0)
-    lowest = np.where(image < 0, none, image).min(axis=0)
+    none = np.iinfo(np.int32).max  # int32 images: half the memory traffic of the running extremes
+    owners = np.flatnonzero(grid.rank == 0)
+    own = root[:m]
+    per_pixel_hi = np.full(m + 1, -1, dtype=np.int32)
+    per_pixel_lo = np.full(m + 1, none, dtype=np.int32)
+    per_pixel_hi[owners] = np.maximum.reduceat(own, owners)
+    per_pixel_lo[owners] = np.minimum.reduceat(np.where(own < 0, none, own), owners)
     lo, hi = min(shifts), max(shifts)
     rows, cols = np.divmod(grid.base, grid.row_stride)
     # entry (r, c) of the running extremes covers rows r .. r + 2 * half_rows, columns c .. c + hi - lo
     at = (rows - half_rows) * (grid.row_stride - (hi - lo)) + cols + lo
-    own = root[:m]
     found = np.zeros(m, dtype=bool)
-    for extreme, op in ((highest, np.maximum), (lowest, np.minimum)):
-        window = _running_extreme(_running_extreme(extreme, op, hi - lo + 1, 1), op, 2 * half_rows + 1, 0)
+    for per_pixel, op in ((per_pixel_hi, np.maximum), (per_pixel_lo, np.minimum)):
+        image = np.take(per_pixel, grid.index).reshape(grid.band, grid.row_stride)
+        window = _running_extreme(_running_extreme(image, op, hi - lo + 1, 1), op, 2 * half_rows + 1, 0)
         seen = np.take(window.ravel(), at)
         found |= seen > own if op is np.maximum else seen < own
     return found & (own >= 0)
@@ -614,12 +648,12 @@ def _grouped_dbscan(
     else:
         only = params[int(group_at[0])]
         eps2, group, min_points = only.eps_m * only.eps_m, None, only.min_points
-    owners, others = np.flatnonzero(grid.layer == 0), np.flatnonzero(grid.layer > 0)
+    owners, others = np.flatnonzero(grid.rank == 0), np.flatnonzero(grid.rank > 0)
 
     # 1. every pair in the near part of the window (3 x 3)
     near_i, near_j = _concat_pairs(
-        _close_pairs(grid, coords, eps2, owners, plan.near_half, all_layers=False, group=group),
-        _close_pairs(grid, coords, eps2, others, plan.near_full, all_layers=True, group=group),
+        _close_pairs(grid, coords, eps2, owners, plan.near_half, all_points=False, group=group),
+        _close_pairs(grid, coords, eps2, others, plan.near_full, all_points=True, group=group),
     )
     count = 1 + np.bincount(near_i, minlength=m) + np.bincount(near_j, minlength=m)
     # 2. the points still short of min_points: all their neighbours in the rest of the window, first
@@ -627,7 +661,7 @@ def _grouped_dbscan(
     far: list[tuple[np.ndarray, np.ndarray]] = []
     for part in (plan.beside, plan.rest):
         short = np.flatnonzero(count < min_points)
-        far.append(_close_pairs(grid, coords, eps2, short, part, all_layers=True, once=False, group=group))
+        far.append(_close_pairs(grid, coords, eps2, short, part, all_points=True, once=False, group=group))
         count += np.bincount(far[-1][0], minlength=m)
     far_i, far_j = _concat_pairs(*far)
     core = count >= min_points
@@ -646,9 +680,9 @@ def _grouped_dbscan(
     several = core_roots.min() != core_roots.max()  # one cluster has nothing to link to
     if several and plan.ring_half and (front := _near_other_cluster(grid, linkable, half_rows, shifts)).any():
         link_i, link_j = _concat_pairs(
-            _close_pairs(grid, coords, eps2, owners[front[owners]], plan.ring_half, all_layers=False, root=linkable,
+            _close_pairs(grid, coords, eps2, owners[front[owners]], plan.ring_half, all_points=False, root=linkable,
                          group=group),
-            _close_pairs(grid, coords, eps2, others[front[others]], plan.ring_full, all_layers=True, root=linkable,
+            _close_pairs(grid, coords, eps2, others[front[others]], plan.ring_full, all_points=True, root=linkable,
                          group=group),
         )  # fmt: skip
         if link_i.size:

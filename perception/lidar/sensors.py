@@ -141,10 +141,13 @@ class SensorSpec:
         return np.where(rows < self.height, rows, -1)
 
     def cols_of(self, azimuth_deg: np.ndarray) -> np.ndarray:
-        """Column of each azimuth (degrees); -1 outside the horizontal field of view."""
-        offset = (self.azimuth_left_deg - np.asarray(azimuth_deg, dtype=np.float64)) / self.azimuth_span_deg
+        """Column of each azimuth (degrees, any turn: -100 and 260 are the same); -1 outside the horizontal
+        field of view."""
+        behind_left = self.azimuth_left_deg - np.asarray(azimuth_deg, dtype=np.float64)
         if self.is_full_sweep:
-            offset = np.mod(offset, 1.0)
+            offset = np.mod(behind_left / self.azimuth_span_deg, 1.0)
+        else:  # a field of view across +-180 deg (a rear sensor: left 270, right 190) wraps as well
+            offset = np.mod(behind_left, 360.0) / self.azimuth_span_deg
         cols = np.floor(offset * self.width).astype(np.int64)
         if self.is_full_sweep:
             return np.minimum(cols, self.width - 1)

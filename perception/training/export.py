@@ -188,8 +188,10 @@ def segmentation_model_from_onnx(path: str | os.PathLike[str]) -> SqueezeSeg:
         for name, array in arrays.items()
         if name.startswith("model.")
     }
-    trainable = {name for name, _ in model.named_parameters()}
-    missing = sorted(trainable - weights.keys())
+    # every weight and buffer must come from the graph, except the CRF's fixed kernels (functions of
+    # the configuration that the exporter may fold away)
+    fixed = {name for name in state if name.startswith("crf.") and not name.endswith(("compat.weight", "compat.bias"))}
+    missing = sorted(set(state) - fixed - weights.keys())
     if missing:
         raise ValueError(f"{source}: weights missing from the graph: {', '.join(missing[:5])}")
     for name, value in weights.items():
@@ -232,6 +234,8 @@ def decompose_channel_softmax(proto: onnx.ModelProto) -> int:
         if info.type.tensor_type.HasField("shape")
     }
     opset = max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if opset < 13:  # Softmax then flattened every axis from `axis` on, and ReduceSum took no axes input
+        return 0
     rewritten = 0
     nodes: list[onnx.NodeProto] = []
     for node in proto.graph.node:
