@@ -14,7 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from perception import __version__
+from perception import KITTI_SAMPLES, __version__
 
 app = typer.Typer(
     name="perception",
@@ -388,7 +388,7 @@ def simulate(
 
 def _print_sim_stats(generated_dir: Path, real_dir: Path | None, as_json: bool) -> None:
     """``simulate --stats``: statistics of a generated set beside the real samples (a Markdown table or JSON)."""
-    from perception.sim.stats import KITTI_SAMPLES, compare_statistics, directory_statistics, format_comparison
+    from perception.sim.stats import compare_statistics, directory_statistics, format_comparison
 
     generated = directory_statistics(generated_dir)
     real, note = None, None
@@ -825,7 +825,7 @@ def export_det(
 
 
 DEMO_OUT = Path("out/demo")
-DEMO_KITTI = Path("../shared/data/kitti_samples")
+DEMO_KITTI = KITTI_SAMPLES
 DEMO_RUNS = Path("runs")
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from perception import KITTI_SAMPLES  # ../shared beside the checkout: the one definition
+
 REPO = Path(__file__).resolve().parents[1]
-KITTI_SAMPLES = REPO.parent / "shared" / "data" / "kitti_samples"
 SAMPLE_DIR = REPO / "sim_data" / "sample"
 
 

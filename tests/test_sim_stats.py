@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from perception import bench
+from perception import bench, cli
 from perception.cli import app
 from perception.io import write_squeezeseg_npy
-from perception.sim import stats as sim_stats
 from perception.sim.stats import (
     compare_statistics,
     directory_statistics,
@@ -165,7 +164,7 @@ def test_cli_stats_of_a_generated_set(tiny_generated_set, tmp_path, hand_tensors
 def test_cli_stats_uses_the_real_samples_or_says_they_are_missing(tiny_generated_set, tmp_path, monkeypatch):
     """The default real set is ../shared's KITTI samples; where absent, only the generated set is shown."""
     runner = CliRunner()
-    monkeypatch.setattr(sim_stats, "KITTI_SAMPLES", tmp_path / "nowhere")
+    monkeypatch.setattr(cli, "KITTI_SAMPLES", tmp_path / "nowhere")
     res = runner.invoke(app, ["simulate", "--stats", str(tiny_generated_set), "--json"])
     assert res.exit_code == 0, res.output
     doc = json.loads(res.stdout)

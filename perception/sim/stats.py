@@ -28,9 +28,6 @@ RANGE_EDGES_M = (0.0, 10.0, 20.0, 30.0, 40.0, 60.0, 80.0, 120.0)
 """Range histogram bin edges in metres; ranges beyond the last edge count in the last bin."""
 INTENSITY_BINS = 10
 """Equal-width intensity bins over [0, 1]."""
-KITTI_SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "kitti_samples"
-"""Where the real KITTI samples sit in the dev workspace (``../shared`` beside the repo; absent in a user's
-clone, and in an installed package)."""
 
 
 def _check_tensor(tensor: np.ndarray, index: int) -> np.ndarray:

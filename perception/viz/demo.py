@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from perception import KITTI_SAMPLES
 from perception.camera.boxes import Detection2D
 from perception.io import KittiObject, read_image, read_label, read_squeezeseg_npy, read_velodyne_bin, write_image
 from perception.io.labels import read_point_labels_and_instances
@@ -42,7 +43,7 @@ from perception.viz.report import Figure, Section, Table, write_report
 DEFAULT_SEG_MODEL = Path("models/squeezeseg_kitti-front.onnx")
 DEFAULT_DET_MODEL = Path("models/squeezedet.onnx")
 DEFAULT_DATA = Path("sim_data/sample")
-DEFAULT_KITTI_SAMPLES = Path("../shared/data/kitti_samples")
+DEFAULT_KITTI_SAMPLES = KITTI_SAMPLES
 DEFAULT_RUNS = Path("runs")
 
 # file names in the docs folder (README pictures) for the first frame of the first data directory
