@@ -267,10 +267,13 @@ def _window_steps(
 
 @dataclass(frozen=True)
 class _SearchPlan:
-    """The window steps of each stage of :func:`range_image_dbscan` for one window and padded image."""
+    """The window steps of each stage of :func:`range_image_dbscan` for one window and image size, and
+    the padding of the image they step through (``pad_cols`` columns each side, rows ``row_stride`` apart)."""
 
     half_rows: int
     shifts: tuple[int, ...]
+    pad_cols: int
+    row_stride: int
     near_half: tuple[_Step, ...]  # every pair in the near part, once (owners)
     near_full: tuple[_Step, ...]  # the near part around a point (non-owners)
     beside: tuple[_Step, ...]  # the first ring searched for points short of min_points
@@ -280,9 +283,11 @@ class _SearchPlan:
 
 
 @functools.lru_cache(maxsize=64)
-def _search_plan(window: tuple[int, int], height: int, width: int, row_stride: int) -> _SearchPlan:
+def _search_plan(window: tuple[int, int], height: int, width: int) -> _SearchPlan:
     half_rows = min(window[0] // 2, height - 1)
     shifts = _column_shifts(window[1] // 2, width)
+    pad_cols = max(abs(s) for s in shifts)
+    row_stride = width + 2 * pad_cols
     near_rows = min(_NEAR_HALF_WINDOW[0], half_rows)
     near_shifts = _column_shifts(min(_NEAR_HALF_WINDOW[1], window[1] // 2), width)
     near_full = _window_steps(near_rows, near_shifts, width, row_stride, False)
@@ -297,6 +302,8 @@ def _search_plan(window: tuple[int, int], height: int, width: int, row_stride: i
     return _SearchPlan(
         half_rows=half_rows,
         shifts=shifts,
+        pad_cols=pad_cols,
+        row_stride=row_stride,
         near_half=_window_steps(near_rows, near_shifts, width, row_stride, True),
         near_full=near_full,
         beside=tuple(s for s in ring_full if beside_near(s)),
@@ -570,6 +577,15 @@ def range_image_dbscan(
         numbers them on the same point order (by the lowest index of a core point in the cluster),
         and a border point next to several clusters joins the one sklearn would give it.
     """
+    pts, pix, shape = _points_on_image(xyz, pixels, image_shape)
+    params = ClusterParams(eps_m=eps_m, min_points=min_points, window=window)  # validates
+    return _grouped_dbscan(pts, pix, np.zeros(pts.shape[0], dtype=np.int64), shape, [params])
+
+
+def _points_on_image(
+    xyz: np.ndarray, pixels: np.ndarray, image_shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """float64 (M, 3) points, int64 (M, 2) pixels and (H, W), or a ValueError naming what is wrong."""
     pts = np.asarray(xyz, dtype=np.float64)
     pix = np.asarray(pixels)
     if pts.ndim != 2 or pts.shape[1] != 3:
@@ -580,8 +596,7 @@ def range_image_dbscan(
     pix = pix.astype(np.int64, copy=False)
     if (pix < 0).any() or (pix[:, 0] >= height).any() or (pix[:, 1] >= width).any():
         raise ValueError(f"pixels must lie inside the {height} x {width} image (points not in view cannot be used)")
-    params = ClusterParams(eps_m=eps_m, min_points=min_points, window=window)  # validates
-    return _grouped_dbscan(pts, pix, np.zeros(pts.shape[0], dtype=np.int64), (height, width), [params])
+    return pts, pix, (height, width)
 
 
 def range_image_dbscan_groups(
@@ -599,13 +614,8 @@ def range_image_dbscan_groups(
     each group (-1 noise). One call does the per-call work (sorting, padded image, cluster links)
     once for all groups.
     """
-    pts = np.asarray(xyz, dtype=np.float64)
-    pix = np.asarray(pixels)
+    pts, pix, shape = _points_on_image(xyz, pixels, image_shape)
     grp = np.asarray(groups)
-    if pts.ndim != 2 or pts.shape[1] != 3:
-        raise ValueError(f"xyz must have shape (M, 3), got {pts.shape}")
-    if pix.shape != (pts.shape[0], 2) or pix.dtype.kind not in "iu":
-        raise ValueError(f"pixels must be integer (M, 2) with M = {pts.shape[0]}, got {pix.dtype} {pix.shape}")
     if (
         grp.shape != (pts.shape[0],)
         or grp.dtype.kind not in "iu"
@@ -614,11 +624,7 @@ def range_image_dbscan_groups(
         raise ValueError(f"groups must be (M,) integers indexing the {len(params)} params")
     if not params or not all(isinstance(p, ClusterParams) for p in params) or len({p.window for p in params}) != 1:
         raise ValueError("params must be ClusterParams sharing one window")
-    height, width = (int(v) for v in image_shape)
-    pix = pix.astype(np.int64, copy=False)
-    if (pix < 0).any() or (pix[:, 0] >= height).any() or (pix[:, 1] >= width).any():
-        raise ValueError(f"pixels must lie inside the {height} x {width} image (points not in view cannot be used)")
-    return _grouped_dbscan(pts, pix, grp.astype(np.int64), (height, width), list(params))
+    return _grouped_dbscan(pts, pix, grp.astype(np.int64), shape, list(params))
 
 
 def _grouped_dbscan(
@@ -634,10 +640,8 @@ def _grouped_dbscan(
     # work in pixel order; `order` maps positions back to input indices
     flat = pix[:, 0] * width + pix[:, 1]
     order = np.argsort(flat, kind="stable")
-    half_rows = min(window[0] // 2, height - 1)
-    shifts = _column_shifts(window[1] // 2, width)
-    grid = _pad_pixels(pix[order, 0], pix[order, 1], width, half_rows, max(abs(s) for s in shifts))
-    plan = _search_plan(window, height, width, grid.row_stride)
+    plan = _search_plan(window, height, width)
+    grid = _pad_pixels(pix[order, 0], pix[order, 1], width, plan.half_rows, plan.pad_cols)
     coords = tuple(np.append(pts[order, k], 1e30) for k in range(3))
     group_at = groups[order]
     several_groups = len(params) > 1 and group_at.min() != group_at.max()
@@ -678,7 +682,7 @@ def _grouped_dbscan(
     linkable = np.append(np.where(core, root, -1), -1)
     core_roots = root[core]
     several = core_roots.min() != core_roots.max()  # one cluster has nothing to link to
-    if several and plan.ring_half and (front := _near_other_cluster(grid, linkable, half_rows, shifts)).any():
+    if several and plan.ring_half and (front := _near_other_cluster(grid, linkable, plan.half_rows, plan.shifts)).any():
         link_i, link_j = _concat_pairs(
             _close_pairs(grid, coords, eps2, owners[front[owners]], plan.ring_half, all_points=False, root=linkable,
                          group=group),
