@@ -327,7 +327,9 @@ def bench_seg(repeats: int, ctx: BenchContext | None = None) -> dict[str, object
         from perception.lidar.sensors import SENSORS
         from perception.training.export import build_segmentation_model, export_segmentation_onnx
     except ImportError:
-        shipped = Path("models/squeezeseg_kitti-front.onnx")
+        from perception.service.settings import DEFAULT_SEG_MODEL
+
+        shipped = DEFAULT_SEG_MODEL
         if not shipped.is_file():
             return {"median_ms": float("nan"), "p90_ms": float("nan"), "p99_ms": float("nan"), "runs": 0,
                     "notes": "skipped: needs torch ([train]) or a shipped model"}  # fmt: skip
@@ -409,12 +411,7 @@ def bench_seg(repeats: int, ctx: BenchContext | None = None) -> dict[str, object
 
 def bench_clustering(repeats: int, ctx: BenchContext | None = None) -> dict[str, object]:
     """DBSCAN of a labelled 360 deg HDL-64E scan (ray cast street scene): range-image fast path vs sklearn."""
-    from perception.lidar.clustering import (
-        DEFAULT_CLUSTER_PARAMS,
-        cluster_instances,
-        range_image_dbscan_groups,
-        sklearn_dbscan,
-    )
+    from perception.lidar.clustering import cluster_instances, cluster_labels
     from perception.lidar.projection import spherical_project
     from perception.lidar.sensors import SENSORS
     from perception.sim.analytic import cast_scan, street_scene
@@ -422,32 +419,17 @@ def bench_clustering(repeats: int, ctx: BenchContext | None = None) -> dict[str,
     full = SENSORS["hdl64e-360"]
     scan = cast_scan(full, street_scene(0), seed=0)
     proj = spherical_project(scan.points, full)
-    per_class = []
-    for cls, params in DEFAULT_CLUSTER_PARAMS.items():
-        sel = (scan.labels == cls) & proj.in_view
-        per_class.append((scan.points[sel, :3].astype(np.float64), proj.pixel_of_point[sel], params))
-
-    # one search per window for the classes that share it, as cluster_instances runs them
-    searches = []
-    for window in dict.fromkeys(p.window for p in DEFAULT_CLUSTER_PARAMS.values()):
-        classes = sorted(c for c, p in DEFAULT_CLUSTER_PARAMS.items() if p.window == window)
-        together = np.flatnonzero(np.isin(scan.labels, classes) & proj.in_view)
-        groups = np.searchsorted(classes, scan.labels[together])
-        params = [DEFAULT_CLUSTER_PARAMS[c] for c in classes]
-        searches.append((scan.points[together, :3], proj.pixel_of_point[together], groups, params))
 
     def fast() -> None:
-        for xyz, pixels, groups, params in searches:
-            range_image_dbscan_groups(xyz, pixels, groups, proj.mask.shape, params)
+        cluster_labels(scan.points, scan.labels, proj)
 
     def reference() -> None:
-        for xyz, _, p in per_class:
-            sklearn_dbscan(xyz, p.eps_m, p.min_points)
+        cluster_labels(scan.points, scan.labels, proj, method="sklearn")
 
     res: dict[str, object] = dict(time_function(fast, repeats))
     instances = time_function(lambda: cluster_instances(scan.points, scan.labels, proj), repeats)
     res["points"] = len(scan.points)
-    res["foreground_points"] = int(sum(len(xyz) for xyz, _, _ in per_class))
+    res["foreground_points"] = int(sum(sel.size for sel, _ in cluster_labels(scan.points, scan.labels, proj).values()))
     res["instances_median_ms"] = instances["median_ms"]
     try:
         reference()
@@ -468,7 +450,6 @@ def bench_clustering(repeats: int, ctx: BenchContext | None = None) -> dict[str,
 
 
 SAMPLE_MESH_SCAN = Path("sim_data/sample_mesh/velodyne/000000.bin")
-SHIPPED_SEG_MODEL = Path("models/squeezeseg_kitti-front.onnx")
 AROUND_NETWORK_STAGES = ("projection", "unprojection", "clustering")
 
 
@@ -526,15 +507,16 @@ def _seg_model_for(sensor_name: str, tmp: Path) -> tuple[Path | None, str]:
     """The shipped segmenter for ``sensor_name`` (kitti-front: the file itself; another sensor: its weights
     exported again for that sensor, which needs the train extra), else a fresh untrained export."""
     from perception.lidar.sensors import SENSORS
+    from perception.service.settings import DEFAULT_SEG_MODEL
 
-    if sensor_name == "kitti-front" and SHIPPED_SEG_MODEL.is_file():
-        return SHIPPED_SEG_MODEL, "shipped model"
+    if sensor_name == "kitti-front" and DEFAULT_SEG_MODEL.is_file():
+        return DEFAULT_SEG_MODEL, "shipped model"
     try:
         from perception.training.export import build_segmentation_model, export_segmentation_onnx
     except ImportError:
         return None, "needs torch ([train]) to export the model for this sensor"
-    if SHIPPED_SEG_MODEL.is_file():
-        model, note = build_segmentation_model(SHIPPED_SEG_MODEL), "shipped weights exported for this sensor"
+    if DEFAULT_SEG_MODEL.is_file():
+        model, note = build_segmentation_model(DEFAULT_SEG_MODEL), "shipped weights exported for this sensor"
     else:
         model, note = build_segmentation_model(seed=0, crf_form="standard"), "fresh (untrained) weights"
     return export_segmentation_onnx(model, tmp / f"seg_{sensor_name}.onnx", SENSORS[sensor_name]), note

@@ -23,6 +23,7 @@ from perception.lidar.clustering import (
     ClusterParams,
     Instance,
     cluster_instances,
+    cluster_labels,
     connected_components,
     convex_hull_2d,
     fit_box,
@@ -529,6 +530,19 @@ def test_classes_with_their_own_windows_cluster_as_they_would_alone(street_scan)
     for a, b in zip(together, alone, strict=True):
         assert a.class_id == b.class_id and a.box == b.box
         np.testing.assert_array_equal(a.point_indices, b.point_indices)
+
+
+def test_cluster_labels_is_the_dbscan_step_of_cluster_instances(street_scan):
+    proj = spherical_project(street_scan.points, FULL)
+    labels = cluster_labels(street_scan.points, street_scan.labels, proj)
+    assert set(labels) == set(DEFAULT_CLUSTER_PARAMS)
+    instances = cluster_instances(street_scan.points, street_scan.labels, proj)
+    for inst in instances:
+        sel, cluster = labels[inst.class_id]
+        members = sel[cluster == cluster[np.searchsorted(sel, inst.point_indices[0])]]
+        np.testing.assert_array_equal(members, inst.point_indices)
+    with pytest.raises(ValueError, match="method"):
+        cluster_labels(street_scan.points, street_scan.labels, proj, method="kmeans")  # type: ignore[arg-type]
 
 
 def test_bad_inputs_raise_value_errors():

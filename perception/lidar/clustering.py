@@ -979,6 +979,67 @@ def _validate_params(params: Mapping[int, ClusterParams] | None) -> dict[int, Cl
     return out
 
 
+def _validate_inputs(
+    points: np.ndarray,
+    labels: np.ndarray,
+    projection: Projection,
+    params: Mapping[int, ClusterParams] | None,
+    method: str,
+) -> tuple[np.ndarray, np.ndarray, dict[int, ClusterParams]]:
+    """float32 (N, 4) points, int64 (N,) labels and the per-class params, or a ValueError."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
+    pts = validate_points(points)
+    n = pts.shape[0]
+    lab = _validate_labels(labels, n)
+    if not isinstance(projection, Projection):
+        raise ValueError(f"projection must be a Projection, got {type(projection).__name__}")
+    if projection.num_points != n:
+        raise ValueError(f"projection was made from {projection.num_points} points, but {n} points were given")
+    return pts, lab, _validate_params(params)
+
+
+def _cluster_labels(
+    pts: np.ndarray, lab: np.ndarray, projection: Projection, class_params: dict[int, ClusterParams], method: str
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """Per class: (indices of its points in view, DBSCAN label of each, -1 noise)."""
+    image_shape = projection.mask.shape
+    pixels = projection.pixel_of_point
+    in_view = projection.in_view
+    classes = sorted(class_params)
+    clusters: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    if method == "range_image":
+        # one search for all the classes that share a window (points of different classes never pair)
+        for window in dict.fromkeys(class_params[c].window for c in classes):
+            same = [c for c in classes if class_params[c].window == window]
+            sel = np.flatnonzero(np.isin(lab, same) & in_view)
+            group = np.searchsorted(same, lab[sel])
+            found = range_image_dbscan_groups(
+                pts[sel, :3], pixels[sel], group, image_shape, [class_params[c] for c in same]
+            )
+            for g, cls in enumerate(same):
+                clusters[cls] = (sel[group == g], found[group == g])
+    else:
+        for cls in classes:
+            sel = np.flatnonzero((lab == cls) & in_view)
+            p = class_params[cls]
+            clusters[cls] = (sel, sklearn_dbscan(pts[sel, :3], p.eps_m, p.min_points))
+    return clusters
+
+
+def cluster_labels(
+    points: np.ndarray,
+    labels: np.ndarray,
+    projection: Projection,
+    params: Mapping[int, ClusterParams] | None = None,
+    method: ClusterMethod = "range_image",
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """The DBSCAN step of :func:`cluster_instances` alone (no boxes): per foreground class, the indices of
+    its points in view and each one's cluster (0..K-1 in sklearn's order, -1 noise). Same arguments."""
+    pts, lab, class_params = _validate_inputs(points, labels, projection, params, method)
+    return _cluster_labels(pts, lab, projection, class_params, method)
+
+
 def cluster_instances(
     points: np.ndarray,
     labels: np.ndarray,
@@ -1011,45 +1072,17 @@ def cluster_instances(
     Raises:
         ValueError: shapes that do not match, non-integer labels, bad params or an unknown method.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {', '.join(METHODS)}, got {method!r}")
     if box_criterion not in BOX_CRITERIA:
         raise ValueError(f"box_criterion must be one of {', '.join(BOX_CRITERIA)}, got {box_criterion!r}")
-    pts = validate_points(points)
+    pts, lab, class_params = _validate_inputs(points, labels, projection, params, method)
     n = pts.shape[0]
-    lab = _validate_labels(labels, n)
-    if not isinstance(projection, Projection):
-        raise ValueError(f"projection must be a Projection, got {type(projection).__name__}")
-    if projection.num_points != n:
-        raise ValueError(f"projection was made from {projection.num_points} points, but {n} points were given")
     score_arr: np.ndarray | None = None
     if scores is not None:
         score_arr = np.asarray(scores, dtype=np.float64)
         if score_arr.shape != (n,):
             raise ValueError(f"scores must have shape ({n},) to match the points, got {score_arr.shape}")
-    class_params = _validate_params(params)
-    image_shape = projection.mask.shape
-    pixels = projection.pixel_of_point
-    in_view = projection.in_view
-
     classes = sorted(class_params)
-    clusters: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # class -> (point indices, cluster per point)
-    if method == "range_image":
-        # one search for all the classes that share a window (points of different classes never pair)
-        for window in dict.fromkeys(class_params[c].window for c in classes):
-            same = [c for c in classes if class_params[c].window == window]
-            sel = np.flatnonzero(np.isin(lab, same) & in_view)
-            group = np.searchsorted(same, lab[sel])
-            found = range_image_dbscan_groups(
-                pts[sel, :3], pixels[sel], group, image_shape, [class_params[c] for c in same]
-            )
-            for g, cls in enumerate(same):
-                clusters[cls] = (sel[group == g], found[group == g])
-    else:
-        for cls in classes:
-            sel = np.flatnonzero((lab == cls) & in_view)
-            p = class_params[cls]
-            clusters[cls] = (sel, sklearn_dbscan(pts[sel, :3], p.eps_m, p.min_points))
+    clusters = _cluster_labels(pts, lab, projection, class_params, method)
 
     instances: list[Instance] = []
     for cls in classes:
