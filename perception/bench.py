@@ -198,16 +198,9 @@ def bench_projection(repeats: int, ctx: BenchContext | None = None) -> dict[str,
 
 def _analytic_seg_feeds(sensor: Any, seeds: range) -> list[dict[str, np.ndarray]]:
     """SqueezeSeg inputs of analytic street scans (one per seed), projected as the Segmenter projects them."""
-    from perception.lidar.projection import spherical_project, validate_points
-    from perception.lidar.sensors import SENSORS
-    from perception.sim.analytic import cast_scan, street_scene
+    from perception.sim.analytic import street_range_image
 
-    feeds = []
-    for seed in seeds:
-        scan = cast_scan(SENSORS["hdl64e-360"], street_scene(seed), seed=seed)
-        proj = spherical_project(validate_points(scan.points), sensor)
-        feeds.append({"range_image": proj.image[None], "mask": proj.mask[None, None].astype(np.float32)})
-    return feeds
+    return [dict(zip(("range_image", "mask"), street_range_image(sensor, seed), strict=True)) for seed in seeds]
 
 
 def _int8_comparison(

@@ -695,6 +695,14 @@ export_app = typer.Typer(
 app.add_typer(export_app, name="export")
 
 
+def _check_block(block: str | None) -> None:
+    """A one-line error for an unknown ``--block`` (the [train] extra is installed by then)."""
+    from perception.training.nets.blocks import BLOCKS
+
+    if block is not None and block not in BLOCKS:
+        raise ValueError(f"--block must be {', '.join(BLOCKS)}, got {block!r}")
+
+
 @export_app.command("seg")
 @user_errors
 def export_seg(
@@ -732,7 +740,6 @@ def export_seg(
             logit_tolerance,
             write_export_card,
         )
-        from perception.training.nets.blocks import BLOCKS
     except ImportError as exc:
         raise ValueError(f"export needs the [train] extra ({exc.name} is not installed)") from None
     try:
@@ -740,8 +747,7 @@ def export_seg(
     except ValueError:
         raise ValueError(f"--crf-window must look like 3x5, got {crf_window!r}") from None
     spec = load_sensor(sensor)
-    if block is not None and block not in BLOCKS:
-        raise ValueError(f"--block must be {', '.join(BLOCKS)}, got {block!r}")
+    _check_block(block)
     model = build_segmentation_model(
         checkpoint, crf=crf, crf_iterations=crf_iterations, crf_window=(kh, kw), seed=seed, block=block
     )
@@ -803,11 +809,9 @@ def export_det(
             export_detection_onnx,
             write_export_card,
         )
-        from perception.training.nets.blocks import BLOCKS
     except ImportError as exc:
         raise ValueError(f"export needs the [train] extra ({exc.name} is not installed)") from None
-    if block is not None and block not in BLOCKS:
-        raise ValueError(f"--block must be {', '.join(BLOCKS)}, got {block!r}")
+    _check_block(block)
     model = build_detection_model(variant, checkpoint, seed=seed, block=block)
     metadata = {"weights": str(checkpoint) if checkpoint else f"freshly initialised (seed {seed}), untrained"}
     path = export_detection_onnx(model, out, opset=opset, metadata=metadata)

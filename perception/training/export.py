@@ -153,8 +153,6 @@ def segmentation_model_from_onnx(path: str | os.PathLike[str]) -> SqueezeSeg:
     model can then be exported again for another sensor's H x W (``perception export seg --checkpoint
     models/squeezeseg_kitti-front.onnx --sensor hdl64e-360``), or with the current exporter.
     """
-    from onnx import numpy_helper
-
     from perception.training.nets.squeezeseg import squeezeseg, squeezeseg_without_crf
 
     source = Path(path)
@@ -179,7 +177,7 @@ def segmentation_model_from_onnx(path: str | os.PathLike[str]) -> SqueezeSeg:
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{source}: unreadable CRF/block metadata ({exc})") from None
     state = model.state_dict()
-    arrays = {init.name: numpy_helper.to_array(init) for init in proto.graph.initializer}
+    arrays = {init.name: onnx.numpy_helper.to_array(init) for init in proto.graph.initializer}
     for node in proto.graph.node:  # the exporter shares equal initializers (zero biases) through Identity nodes
         if node.op_type == "Identity" and node.input[0] in arrays:
             arrays[node.output[0]] = arrays[node.input[0]]
