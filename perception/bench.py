@@ -267,23 +267,38 @@ def _int8_note(fields: dict[str, Any]) -> str:
 LIGHTER_BLOCKS = ("squeezenext", "shift")
 
 
-def _lighter_seg_variants(
-    tmp: Path, feeds: dict[str, np.ndarray], fire_session: Any, repeats: int, ctx: BenchContext
+def _lighter_variants(
+    task: str,
+    tmp: Path,
+    feeds: dict[str, np.ndarray],
+    fire_session: Any,
+    output: str,
+    repeats: int,
+    ctx: BenchContext,
 ) -> dict[str, float]:
-    """SqueezeSeg + CRF with SqueezeNext and Shift encoder blocks, timed in alternation with the Fire model
-    (ORT CPU); ``fire_alongside_median_ms`` is the Fire model in the same rounds."""
+    """The model of ``task`` (``seg``: SqueezeSeg + CRF, ``det``: SqueezeDet) with SqueezeNext and Shift blocks,
+    timed in alternation with the Fire model (ORT CPU); ``fire_alongside_median_ms`` is the Fire model in the
+    same rounds."""
     import onnxruntime as ort
 
     from perception.lidar.sensors import SENSORS
-    from perception.training.export import build_segmentation_model, export_segmentation_onnx
+    from perception.training.export import (
+        build_detection_model,
+        build_segmentation_model,
+        export_detection_onnx,
+        export_segmentation_onnx,
+    )
 
-    runs: dict[str, Callable[[], object]] = {"fire": lambda: fire_session.run(["logits"], feeds)}
+    runs: dict[str, Callable[[], object]] = {"fire": lambda: fire_session.run([output], feeds)}
     paths = {}
     for block in LIGHTER_BLOCKS:
-        model = build_segmentation_model(crf=True, seed=0, block=block, crf_form="standard")
-        paths[block] = export_segmentation_onnx(model, tmp / f"seg_{block}.onnx", SENSORS["kitti-front"])
+        if task == "seg":
+            model = build_segmentation_model(crf=True, seed=0, block=block, crf_form="standard")
+            paths[block] = export_segmentation_onnx(model, tmp / f"seg_{block}.onnx", SENSORS["kitti-front"])
+        else:
+            paths[block] = export_detection_onnx(build_detection_model(seed=0, block=block), tmp / f"det_{block}.onnx")
         session = ort.InferenceSession(str(paths[block]), providers=["CPUExecutionProvider"])
-        runs[block] = functools.partial(session.run, ["logits"], feeds)
+        runs[block] = functools.partial(session.run, [output], feeds)
     timed = time_interleaved(runs, repeats)
     fire_ms = timed["fire"]["median_ms"]
     out: dict[str, float] = {"fire_alongside_median_ms": fire_ms}
@@ -293,6 +308,14 @@ def _lighter_seg_variants(
         out[f"{block}_vs_fire_speedup"] = fire_ms / median
         out.update(flop_fields(block, paths[block], median, ctx))
     return out
+
+
+def _lighter_note(fields: dict[str, Any]) -> str:
+    return "".join(
+        f"; {b} blocks {fields[f'{b}_median_ms']:.1f} ms ({fields[f'{b}_vs_fire_speedup']:.2f}x)"
+        for b in LIGHTER_BLOCKS
+        if f"{b}_median_ms" in fields
+    )
 
 
 def bench_seg(repeats: int, ctx: BenchContext | None = None) -> dict[str, object]:
@@ -357,7 +380,7 @@ def bench_seg(repeats: int, ctx: BenchContext | None = None) -> dict[str, object
             flops.update(flop_fields("ort" if crf else "ort_without_crf", paths[crf],
                                      results[f"ort_crf={crf}"]["median_ms"], ctx))  # fmt: skip
         int8 = _int8_comparison("seg", paths[True], sessions[True], feeds, "logits", repeats, ctx, Path(tmp))
-        lighter = _lighter_seg_variants(Path(tmp), feeds, sessions[True], repeats, ctx)
+        lighter = _lighter_variants("seg", Path(tmp), feeds, sessions[True], "logits", repeats, ctx)
     main: dict[str, Any] = dict(results["ort_crf=True"])
     ort_crf, ort_plain = main["median_ms"], results["ort_crf=False"]["median_ms"]
     main.update(
@@ -388,13 +411,9 @@ def bench_seg(repeats: int, ctx: BenchContext | None = None) -> dict[str, object
         )
         eager_note = f"torch eager {eager_crf:.1f} ms (+CRF)"
     main.update({**probe, **flops, **int8, **lighter})
-    lighter_note = "".join(
-        f"; {b} blocks {lighter[f'{b}_median_ms']:.1f} ms ({lighter[f'{b}_vs_fire_speedup']:.2f}x)"
-        for b in LIGHTER_BLOCKS
-    )
     main["notes"] = (
         f"ORT CPU +CRF; without CRF {ort_plain:.1f} ms in alternating runs "
-        f"(CRF +{main['crf_added_to_network'] * 100:.0f}%); {eager_note}{lighter_note}"
+        f"(CRF +{main['crf_added_to_network'] * 100:.0f}%); {eager_note}{_lighter_note(main)}"
         + _flop_note(main, "ort", "+CRF")
         + _flop_note(main, "ort_without_crf", "without CRF")
         + _int8_note(main)
@@ -583,7 +602,8 @@ def _random_frame(seed: int) -> np.ndarray:
 
 def bench_det(repeats: int, ctx: BenchContext | None = None) -> dict[str, object]:
     """SqueezeDet at 1248 x 384, batch 1: ONNX Runtime (CPU) vs torch eager, decode + NMS on its output,
-    FLOPs and GFLOP/s, and INT8 vs FP32 (calibrated on random frames: a speed comparison)."""
+    FLOPs and GFLOP/s, INT8 vs FP32 (calibrated on random frames: a speed comparison), and the backbone
+    with SqueezeNext and Shift blocks beside the Fire one."""
     import tempfile
 
     import onnxruntime as ort
@@ -610,6 +630,7 @@ def bench_det(repeats: int, ctx: BenchContext | None = None) -> dict[str, object
         res.update(flop_fields("ort", path, res["median_ms"], ctx))
         res.update(_int8_comparison("det", path, session, {"image": image}, "class_probs", repeats,
                                     ctx, Path(tmp)))  # fmt: skip
+        res.update(_lighter_variants("det", Path(tmp), {"image": image}, session, "class_probs", repeats, ctx))
     eager_note = "torch eager not timed"
     if ctx.torch_eager:
         with torch.inference_mode():  # eager and ORT in alternation: their ratio from the same rounds
@@ -630,7 +651,9 @@ def bench_det(repeats: int, ctx: BenchContext | None = None) -> dict[str, object
         res["matmul_probe_gflops_per_s"] = ctx.matmul_gflops_per_s
     res["decode_nms_median_ms"] = post["median_ms"]
     res["notes"] = (
-        f"ORT CPU; {eager_note}; decode+NMS {post['median_ms']:.1f} ms" + _flop_note(res, "ort") + _int8_note(res)
+        f"ORT CPU; {eager_note}; decode+NMS {post['median_ms']:.1f} ms{_lighter_note(res)}"
+        + _flop_note(res, "ort")
+        + _int8_note(res)
     )
     return res
 
@@ -1028,6 +1051,8 @@ BENCHMARKS: dict[str, Callable[[int, BenchContext], dict[str, object]]] = {
     "sim": bench_sim,
     "service": bench_service,
 }
+BENCHMARK_ALIASES: dict[str, str] = {"pipeline": "lidar-pipeline"}
+"""Other names that ``perception bench`` accepts for a benchmark."""
 
 
 def cpu_model() -> str:

@@ -213,15 +213,17 @@ def bench(
     target: Annotated[
         str,
         typer.Argument(
-            help="What to measure: all, projection, seg, cluster, lidar-pipeline, lidar-360, det, sim or service."
+            help="What to measure: all, projection, seg, cluster, lidar-pipeline (or pipeline), lidar-360, det, sim or "
+            "service."
         ),
     ] = "all",
     repeats: Annotated[int, typer.Option(min=3, help="Timed runs after warm-up.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Measure speed (median, p90, p99 in ms) on this machine."""
-    from perception.bench import BENCHMARKS, run_benchmarks
+    from perception.bench import BENCHMARK_ALIASES, BENCHMARKS, run_benchmarks
 
+    target = BENCHMARK_ALIASES.get(target, target)
     if target != "all" and target not in BENCHMARKS:
         raise ValueError(f"unknown benchmark {target!r}; choose all or one of {', '.join(BENCHMARKS)}")
     results = run_benchmarks([target] if target != "all" else list(BENCHMARKS), repeats=repeats)

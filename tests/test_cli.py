@@ -126,6 +126,12 @@ def test_bench_projection_json():
     assert proj["runs"] == 3 and proj["median_ms"] > 0 and proj["points"] > 100_000
 
 
+def test_bench_pipeline_is_the_lidar_pipeline():
+    res = run_cli("bench", "pipeline", "--repeats", "3", "--json")
+    assert res.returncode == 0, res.stderr
+    assert list(json.loads(res.stdout)["benchmarks"]) == ["lidar-pipeline"]
+
+
 @pytest.mark.parametrize("command", ["segment", "detect"])
 def test_corrupt_model_is_one_error_line(tmp_path, command):
     bad = tmp_path / "bad.onnx"

@@ -101,6 +101,27 @@ def test_an_existing_int8_file_is_compared_as_it_is(tmp_path):
     assert 0.8 < fields["int8_argmax_agreement"] <= 1.0
 
 
+def test_lighter_squeezedet_backbones_are_timed_beside_the_fire_one(tmp_path):
+    pytest.importorskip("torch", reason="the lighter variants are exported with torch ([train] extra)")
+    pytest.importorskip("onnx", reason="FLOPs need the onnx package ([train] extra)")
+    import onnxruntime as ort
+
+    from perception.training.export import build_detection_model, export_detection_onnx
+
+    fire = export_detection_onnx(build_detection_model(seed=0), tmp_path / "fire.onnx")
+    session = ort.InferenceSession(str(fire), providers=["CPUExecutionProvider"])
+    ctx = bench.BenchContext(matmul_gflops_per_s=10.0)
+    fire_gflop = bench.flop_fields("ort", fire, 1.0, ctx)["ort_gflop"]
+    fields = bench._lighter_variants("det", tmp_path, {"image": bench._random_frame(0)}, session, "class_probs", 3,
+                                     ctx)  # fmt: skip
+    for block in bench.LIGHTER_BLOCKS:
+        assert fields[f"{block}_gflop"] < fire_gflop
+        assert fields[f"{block}_vs_fire_speedup"] == pytest.approx(
+            fields["fire_alongside_median_ms"] / fields[f"{block}_median_ms"]
+        )
+        assert f"{block} blocks" in bench._lighter_note(fields)
+
+
 def test_lidar_pipeline_reports_its_stages_and_the_share_around_the_network():
     res = bench.run_benchmarks(["lidar-pipeline"], repeats=3)["benchmarks"]["lidar-pipeline"]
     json.dumps(res)
