@@ -1041,6 +1041,110 @@ def bench_service(repeats: int, ctx: BenchContext | None = None) -> dict[str, ob
     return res
 
 
+def _ort_setting_options() -> dict[str, Any]:
+    """Session options to compare: the project's (``default``, :func:`perception.runtime.session.session_options`)
+    and each with one choice changed."""
+    import onnxruntime as ort
+
+    from perception.runtime.session import session_options
+
+    def changed(**attrs: Any) -> Any:
+        options = session_options()
+        for name, value in attrs.items():
+            setattr(options, name, value)
+        return options
+
+    level = ort.GraphOptimizationLevel
+    return {
+        "default": session_options(),
+        "opt_extended": changed(graph_optimization_level=level.ORT_ENABLE_EXTENDED),
+        "opt_basic": changed(graph_optimization_level=level.ORT_ENABLE_BASIC),
+        "opt_disabled": changed(graph_optimization_level=level.ORT_DISABLE_ALL),
+        "threads_1": session_options(intra_op_threads=1),
+        "spinning": session_options(allow_spinning=True),
+        "no_arena": changed(enable_cpu_mem_arena=False),
+        "parallel_inter_op": changed(execution_mode=ort.ExecutionMode.ORT_PARALLEL, inter_op_num_threads=2),
+    }
+
+
+ORT_SETTING_NOTES = {
+    "opt_extended": "extended graph optimisations",
+    "opt_basic": "basic graph optimisations",
+    "opt_disabled": "no graph optimisation",
+    "threads_1": "1 intra-op thread",
+    "spinning": "spinning intra-op threads",
+    "no_arena": "no CPU memory arena",
+    "parallel_inter_op": "parallel executor, 2 inter-op threads",
+    "io_binding": "I/O binding to preallocated outputs",
+}
+
+
+def _time_ort_settings(model_path: Path, feeds: dict[str, np.ndarray], repeats: int) -> dict[str, float]:
+    """One model under each of :func:`_ort_setting_options` and with I/O binding (default options, inputs
+    and preallocated outputs bound once), in alternating runs that fetch every output. Returns
+    ``{key}_median_ms``, ``{key}_vs_default_speedup`` (default time / that time: above 1, the
+    alternative is faster) and the default's ``default_p90_ms`` / ``default_p99_ms``."""
+    import onnxruntime as ort
+
+    sessions = {
+        key: ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+        for key, options in _ort_setting_options().items()
+    }
+    runs: dict[str, Callable[[], object]] = {
+        key: functools.partial(session.run, None, feeds) for key, session in sessions.items()
+    }
+    bound = sessions["default"]
+    binding = bound.io_binding()
+    for name, value in feeds.items():
+        binding.bind_cpu_input(name, value)
+    for meta, value in zip(bound.get_outputs(), bound.run(None, feeds), strict=True):
+        binding.bind_ortvalue_output(meta.name, ort.OrtValue.ortvalue_from_numpy(np.empty_like(value)))
+    runs["io_binding"] = functools.partial(bound.run_with_iobinding, binding)
+    timed = time_interleaved(runs, repeats)
+    default = timed["default"]["median_ms"]
+    out: dict[str, float] = {}
+    out["default_p90_ms"], out["default_p99_ms"] = timed["default"]["p90_ms"], timed["default"]["p99_ms"]
+    for key, stats in timed.items():
+        out[f"{key}_median_ms"] = stats["median_ms"]
+        if key != "default":
+            out[f"{key}_vs_default_speedup"] = default / stats["median_ms"]
+    return out
+
+
+def bench_ort_settings(repeats: int, ctx: BenchContext | None = None) -> dict[str, object]:
+    """ONNX Runtime's settings on the shipped models (CPU): graph optimisation levels, intra-op threads,
+    spinning, the CPU memory arena, the parallel executor and I/O binding, each against the project's
+    choice (``default``) in alternating runs. Keys ``seg_*`` (SqueezeSeg + CRF, 64 x 512, street scan)
+    and ``det_*`` (SqueezeDet, 1248 x 384, noise frame); ``median_ms`` is the segmenter's default."""
+    from perception.service.settings import DEFAULT_DET_MODEL, DEFAULT_SEG_MODEL
+    from perception.sim.analytic import street_range_image
+
+    image, mask = street_range_image()
+    models = {"seg": (DEFAULT_SEG_MODEL, {"range_image": image, "mask": mask}),
+              "det": (DEFAULT_DET_MODEL, {"image": _random_frame(0)})}  # fmt: skip
+    res: dict[str, Any] = {}
+    notes = []
+    for task, (path, feeds) in models.items():
+        if not path.is_file():
+            notes.append(f"{task}: no shipped model at {path}")
+            continue
+        fields = _time_ort_settings(path, feeds, repeats)
+        res.update({f"{task}_{key}": value for key, value in fields.items()})
+        faster = [k for k in ORT_SETTING_NOTES if fields[f"{k}_vs_default_speedup"] > 1.0]
+        notes.append(
+            f"{task} default {fields['default_median_ms']:.1f} ms; "
+            + ", ".join(f"{ORT_SETTING_NOTES[k]} {fields[f'{k}_vs_default_speedup']:.2f}x" for k in ORT_SETTING_NOTES)
+            + f" (above 1: faster than default: {', '.join(faster) or 'none'})"
+        )
+    if "seg_default_median_ms" not in res:
+        return {"median_ms": float("nan"), "p90_ms": float("nan"), "p99_ms": float("nan"), "runs": 0,
+                "notes": "skipped: " + "; ".join(notes)}  # fmt: skip
+    res.update({k: res[f"seg_default_{k}"] for k in ("median_ms", "p90_ms", "p99_ms")})
+    res["runs"] = repeats
+    res["notes"] = "; ".join(notes)
+    return res
+
+
 BENCHMARKS: dict[str, Callable[[int, BenchContext], dict[str, object]]] = {
     "det": bench_det,
     "projection": bench_projection,
@@ -1048,6 +1152,7 @@ BENCHMARKS: dict[str, Callable[[int, BenchContext], dict[str, object]]] = {
     "cluster": bench_clustering,
     "lidar-pipeline": bench_lidar_pipeline,
     "lidar-360": bench_lidar_360,
+    "ort-settings": bench_ort_settings,
     "sim": bench_sim,
     "service": bench_service,
 }

@@ -213,8 +213,8 @@ def bench(
     target: Annotated[
         str,
         typer.Argument(
-            help="What to measure: all, projection, seg, cluster, lidar-pipeline (or pipeline), lidar-360, det, sim or "
-            "service."
+            help="What to measure: all, projection, seg, cluster, lidar-pipeline (or pipeline), lidar-360, "
+            "ort-settings, det, sim or service."
         ),
     ] = "all",
     repeats: Annotated[int, typer.Option(min=3, help="Timed runs after warm-up.")] = 50,

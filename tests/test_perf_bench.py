@@ -122,6 +122,22 @@ def test_lighter_squeezedet_backbones_are_timed_beside_the_fire_one(tmp_path):
         assert f"{block} blocks" in bench._lighter_note(fields)
 
 
+def test_ort_settings_compares_each_choice_with_the_projects_options_on_both_shipped_models():
+    from perception.service.settings import DEFAULT_DET_MODEL, DEFAULT_SEG_MODEL
+
+    if not (DEFAULT_SEG_MODEL.is_file() and DEFAULT_DET_MODEL.is_file()):
+        pytest.skip("needs the shipped models (run from the repository root)")
+    res = bench.run_benchmarks(["ort-settings"], repeats=3)["benchmarks"]["ort-settings"]
+    json.dumps(res)
+    assert res["median_ms"] == res["seg_default_median_ms"] and res["runs"] == 3
+    for task in ("seg", "det"):
+        for key, note in bench.ORT_SETTING_NOTES.items():
+            ratio = res[f"{task}_default_median_ms"] / res[f"{task}_{key}_median_ms"]
+            assert res[f"{task}_{key}_vs_default_speedup"] == pytest.approx(ratio)
+            assert f"{note} {ratio:.2f}x" in res["notes"]
+    assert set(bench._ort_setting_options()) == {"default", *bench.ORT_SETTING_NOTES} - {"io_binding"}
+
+
 def test_lidar_pipeline_reports_its_stages_and_the_share_around_the_network():
     res = bench.run_benchmarks(["lidar-pipeline"], repeats=3)["benchmarks"]["lidar-pipeline"]
     json.dumps(res)

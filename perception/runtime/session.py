@@ -170,6 +170,19 @@ class LoadedModel:
         return default if raw is None else json.loads(raw)
 
 
+def session_options(intra_op_threads: int = 0, allow_spinning: bool = False) -> ort.SessionOptions:
+    """The session options of :func:`load_model`: every graph optimisation, sequential execution, ONNX
+    Runtime's CPU memory arena, ``intra_op_threads`` (0: one per core) threads that do not spin between
+    runs. ``perception bench ort-settings`` times each choice against its alternatives."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if intra_op_threads:
+        options.intra_op_num_threads = intra_op_threads
+    if not allow_spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 def load_model(
     path: str | os.PathLike[str],
     providers: str | Sequence[str] = "auto",
@@ -209,12 +222,7 @@ def load_model(
             ", ".join(sorted(available)),
             chosen[0],
         )
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if intra_op_threads:
-        options.intra_op_num_threads = intra_op_threads
-    if not allow_spinning:
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options = session_options(intra_op_threads, allow_spinning)
     opts = dict(provider_options or {})
     if TRT_PROVIDER in chosen and TRT_PROVIDER not in opts:
         opts[TRT_PROVIDER] = (tensorrt or TensorRTOptions()).provider_options(model_path)
