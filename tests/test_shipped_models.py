@@ -35,6 +35,22 @@ def test_seg_card_matches_the_shipped_file_and_says_synthetic() -> None:
     assert "synthetic" in markdown and card["sha256"] in markdown
 
 
+@pytest.mark.parametrize("fp32", [SEG_MODEL, ROOT / "models" / "squeezedet.onnx"], ids=["seg", "det"])
+def test_int8_sibling_of_each_shipped_model_is_measured_and_made_from_the_shipped_fp32_file(fp32: Path) -> None:
+    from perception.runtime.quantize import int8_model_path
+    from perception.service.settings import Settings
+
+    int8 = int8_model_path(fp32)
+    card = json.loads(int8.with_suffix(".json").read_text())
+    assert card["sha256"] == _sha256(int8) and card["file_size_bytes"] == int8.stat().st_size
+    assert card["quantization"]["fp32_sha256"] == _sha256(fp32)
+    assert "synthetic" in card["training"]["data_kind"]
+    assert any("held-out" in name for name in card["metrics"])
+    # the default service configuration finds both at PERCEPTION_PRECISION=int8
+    settings = Settings(precision="int8", seg_model=SEG_MODEL, det_model=ROOT / "models" / "squeezedet.onnx")
+    assert settings.model_paths() == (int8_model_path(SEG_MODEL), int8_model_path(ROOT / "models" / "squeezedet.onnx"))
+
+
 @pytest.fixture(scope="module")
 def unseen_frames(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("open3d", reason="the mesh world needs the train extra (open3d)")
