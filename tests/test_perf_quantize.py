@@ -108,7 +108,9 @@ def test_quantize_seg_cli_writes_an_int8_model_with_its_card_and_keeps_the_crf_f
     dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     backbone_convs = [n for n in graph.node if n.op_type == "Conv" and CRF_SCOPE not in n.name]
     crf_nodes = [n for n in graph.node if CRF_SCOPE in n.name]
-    assert backbone_convs and all(n.input[1] in dequantized for n in backbone_convs)  # int8 weights
+    last = [n for n in backbone_convs if n.name == "/model/conv14/Conv"]  # feeds only the CRF and the head
+    assert len(last) == 1 and not any(i in dequantized for i in last[0].input)  # FP32 weights and input
+    assert all(n.input[1] in dequantized for n in backbone_convs if n not in last)  # the others: int8 weights
     assert crf_nodes and not any(i in dequantized for n in crf_nodes for i in n.input)  # CRF reads FP32 only
     producers = {o: n.op_type for n in graph.node for o in n.output}
     assert {producers[o.name] for o in graph.output} == {"Add", "Mul"}  # logits, probs: FP32 head, no DQ
@@ -132,9 +134,10 @@ def test_int8_squeezeseg_without_crf_agrees_with_fp32_on_most_pixels(calib_dir, 
     feeds = calibration_feeds("seg", path, calib_dir)
     report = quantize_model(path, int8_model_path(path), feeds, max_frames=2, task="seg", data=str(calib_dir))
     assert report.frames == 2 and report.crf_nodes == 0 and report.int8_bytes < report.fp32_bytes / 2
-    # the head after conv14 (the decomposed softmax and the mask): probabilities stay FP32
+    # the head after conv14 (the decomposed softmax and the mask): probabilities stay FP32, and so does
+    # conv14, which feeds only the head
     softmax = [f"/Softmax/{op}" for op in ("ReduceMax", "Sub", "Exp", "ReduceSum", "Div")]
-    assert report.fp32_nodes == [*softmax, "/Mul"]
+    assert report.fp32_nodes == [*softmax, "/Mul", "/model/conv14/Conv"]
     fp32, int8 = Segmenter(path, providers="cpu"), Segmenter(report.out, providers="cpu")
     for points in _scans(calib_dir):  # the committed sample is no calibration frame
         ref, cand = fp32.segment(points), int8.segment(points)
@@ -143,6 +146,8 @@ def test_int8_squeezeseg_without_crf_agrees_with_fp32_on_most_pixels(calib_dir, 
 
 
 def test_quantize_det_cli_gives_a_detector_that_agrees_with_fp32(models, calib_dir, det_int8):
+    import onnx
+
     from perception.camera.preprocess import to_network_input
 
     res, out = det_int8
@@ -152,6 +157,11 @@ def test_quantize_det_cli_gives_a_detector_that_agrees_with_fp32(models, calib_d
     assert report["frames"] == 2 and report["qdq_tensors"] > 50 and report["int8_bytes"] < report["fp32_bytes"] / 2
     card = json.loads(out.with_suffix(".json").read_text())
     assert card["quantization"]["fp32_sha256"] and card["task"] == "detection"
+    graph = onnx.load(str(out)).graph
+    dequantized = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    convs = {n.name: n for n in graph.node if n.op_type == "Conv"}
+    assert not any(i in dequantized for i in convs.pop("/model/convdet/Conv").input)  # feeds only the FP32 head
+    assert convs and all(n.input[1] in dequantized for n in convs.values())
 
     fp32, int8 = Detector(models["det"], providers="cpu"), Detector(out, providers="cpu")
     for image_path in sorted((calib_dir / "image_2").glob("*.png")):
