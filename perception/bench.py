@@ -289,6 +289,8 @@ def _lighter_variants(
         export_segmentation_onnx,
     )
 
+    if task not in ("seg", "det"):
+        raise ValueError(f"task must be seg or det, got {task!r}")
     runs: dict[str, Callable[[], object]] = {"fire": lambda: fire_session.run([output], feeds)}
     paths = {}
     for block in LIGHTER_BLOCKS:
@@ -1043,7 +1045,11 @@ def bench_service(repeats: int, ctx: BenchContext | None = None) -> dict[str, ob
 
 def _ort_setting_options() -> dict[str, Any]:
     """Session options to compare: the project's (``default``, :func:`perception.runtime.session.session_options`)
-    and each with one choice changed."""
+    and each with one choice changed.
+
+    Not among them: spinning intra-op threads. A spinning session keeps the cores busy after its run, which
+    would slow whichever session the alternation runs next; its cost in the LiDAR path (numpy work between
+    runs) is measured in :func:`perception.runtime.session.load_model`'s docstring."""
     import onnxruntime as ort
 
     from perception.runtime.session import session_options
@@ -1055,24 +1061,25 @@ def _ort_setting_options() -> dict[str, Any]:
         return options
 
     level = ort.GraphOptimizationLevel
+    layout = getattr(level, "ORT_ENABLE_LAYOUT", None)  # onnxruntime >= 1.22
     return {
         "default": session_options(),
+        **({"opt_layout": changed(graph_optimization_level=layout)} if layout is not None else {}),
         "opt_extended": changed(graph_optimization_level=level.ORT_ENABLE_EXTENDED),
         "opt_basic": changed(graph_optimization_level=level.ORT_ENABLE_BASIC),
         "opt_disabled": changed(graph_optimization_level=level.ORT_DISABLE_ALL),
         "threads_1": session_options(intra_op_threads=1),
-        "spinning": session_options(allow_spinning=True),
         "no_arena": changed(enable_cpu_mem_arena=False),
         "parallel_inter_op": changed(execution_mode=ort.ExecutionMode.ORT_PARALLEL, inter_op_num_threads=2),
     }
 
 
 ORT_SETTING_NOTES = {
-    "opt_extended": "extended graph optimisations",
+    "opt_layout": "graph optimisations up to layout (no NCHWc-specific ones)",
+    "opt_extended": "extended graph optimisations (no layout change)",
     "opt_basic": "basic graph optimisations",
     "opt_disabled": "no graph optimisation",
     "threads_1": "1 intra-op thread",
-    "spinning": "spinning intra-op threads",
     "no_arena": "no CPU memory arena",
     "parallel_inter_op": "parallel executor, 2 inter-op threads",
     "io_binding": "I/O binding to preallocated outputs",
@@ -1097,9 +1104,16 @@ def _time_ort_settings(model_path: Path, feeds: dict[str, np.ndarray], repeats: 
     binding = bound.io_binding()
     for name, value in feeds.items():
         binding.bind_cpu_input(name, value)
-    for meta, value in zip(bound.get_outputs(), bound.run(None, feeds), strict=True):
-        binding.bind_ortvalue_output(meta.name, ort.OrtValue.ortvalue_from_numpy(np.empty_like(value)))
-    runs["io_binding"] = functools.partial(bound.run_with_iobinding, binding)
+    # the output buffers live as long as the runs (older onnxruntime bindings keep no reference to them)
+    buffers = [np.empty_like(value) for value in bound.run(None, feeds)]
+    for meta, buffer in zip(bound.get_outputs(), buffers, strict=True):
+        binding.bind_ortvalue_output(meta.name, ort.OrtValue.ortvalue_from_numpy(buffer))
+
+    def run_bound() -> list[np.ndarray]:
+        bound.run_with_iobinding(binding)
+        return buffers
+
+    runs["io_binding"] = run_bound
     timed = time_interleaved(runs, repeats)
     default = timed["default"]["median_ms"]
     out: dict[str, float] = {}
@@ -1113,9 +1127,10 @@ def _time_ort_settings(model_path: Path, feeds: dict[str, np.ndarray], repeats: 
 
 def bench_ort_settings(repeats: int, ctx: BenchContext | None = None) -> dict[str, object]:
     """ONNX Runtime's settings on the shipped models (CPU): graph optimisation levels, intra-op threads,
-    spinning, the CPU memory arena, the parallel executor and I/O binding, each against the project's
+    the CPU memory arena, the parallel executor and I/O binding, each against the project's
     choice (``default``) in alternating runs. Keys ``seg_*`` (SqueezeSeg + CRF, 64 x 512, street scan)
-    and ``det_*`` (SqueezeDet, 1248 x 384, noise frame); ``median_ms`` is the segmenter's default."""
+    and ``det_*`` (SqueezeDet, 1248 x 384, noise frame); ``median_ms`` is the segmenter's default (the
+    detector's without a shipped segmenter). Holds one session per setting of a model at a time."""
     from perception.service.settings import DEFAULT_DET_MODEL, DEFAULT_SEG_MODEL
     from perception.sim.analytic import street_range_image
 
@@ -1130,16 +1145,18 @@ def bench_ort_settings(repeats: int, ctx: BenchContext | None = None) -> dict[st
             continue
         fields = _time_ort_settings(path, feeds, repeats)
         res.update({f"{task}_{key}": value for key, value in fields.items()})
-        faster = [k for k in ORT_SETTING_NOTES if fields[f"{k}_vs_default_speedup"] > 1.0]
+        timed = [k for k in ORT_SETTING_NOTES if f"{k}_vs_default_speedup" in fields]
+        faster = [k for k in timed if fields[f"{k}_vs_default_speedup"] > 1.0]
         notes.append(
             f"{task} default {fields['default_median_ms']:.1f} ms; "
-            + ", ".join(f"{ORT_SETTING_NOTES[k]} {fields[f'{k}_vs_default_speedup']:.2f}x" for k in ORT_SETTING_NOTES)
+            + ", ".join(f"{ORT_SETTING_NOTES[k]} {fields[f'{k}_vs_default_speedup']:.2f}x" for k in timed)
             + f" (above 1: faster than default: {', '.join(faster) or 'none'})"
         )
-    if "seg_default_median_ms" not in res:
+    main = next((task for task in models if f"{task}_default_median_ms" in res), None)
+    if main is None:
         return {"median_ms": float("nan"), "p90_ms": float("nan"), "p99_ms": float("nan"), "runs": 0,
                 "notes": "skipped: " + "; ".join(notes)}  # fmt: skip
-    res.update({k: res[f"seg_default_{k}"] for k in ("median_ms", "p90_ms", "p99_ms")})
+    res.update({k: res[f"{main}_default_{k}"] for k in ("median_ms", "p90_ms", "p99_ms")})
     res["runs"] = repeats
     res["notes"] = "; ".join(notes)
     return res

@@ -225,7 +225,9 @@ def bench(
 
     target = BENCHMARK_ALIASES.get(target, target)
     if target != "all" and target not in BENCHMARKS:
-        raise ValueError(f"unknown benchmark {target!r}; choose all or one of {', '.join(BENCHMARKS)}")
+        raise ValueError(
+            f"unknown benchmark {target!r}; choose all or one of {', '.join([*BENCHMARKS, *BENCHMARK_ALIASES])}"
+        )
     results = run_benchmarks([target] if target != "all" else list(BENCHMARKS), repeats=repeats)
     if as_json:
         print(json.dumps(results, indent=2))

@@ -88,6 +88,29 @@ def _scans(calib_dir):
     ]
 
 
+def test_only_convolutions_read_by_fp32_nodes_alone_stay_fp32():
+    from onnx import TensorProto, helper
+
+    from perception.runtime.quantize import float_output_conv_names
+
+    def conv(name: str, src: str, dst: str):
+        return helper.make_node("Conv", [src, "w"], [dst], name=name)
+
+    nodes = [
+        conv("feeds_quantised", "x", "a"),  # also a graph output, but a quantised conv reads it
+        conv("quantised", "a", "b"),
+        conv("last", "b", "c"),  # read by the FP32 head only
+        helper.make_node("Relu", ["c"], ["y"], name="head"),
+        conv("only_output", "b", "z"),  # a graph output and nothing else
+        conv("dead", "b", "unused"),  # read by nothing
+        conv("unnamed_reader", "b", "d"),
+        helper.make_node("Relu", ["d"], ["e"]),  # no name: never counted as FP32
+    ]
+    value = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("a", "y", "z", "e")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)], value)
+    assert float_output_conv_names(helper.make_model(graph), {"head"}) == ["last", "only_output"]
+
+
 def test_quantize_seg_cli_writes_an_int8_model_with_its_card_and_keeps_the_crf_fp32(models, calib_dir, seg_int8):
     import onnx
 

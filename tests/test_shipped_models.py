@@ -46,7 +46,7 @@ def test_int8_sibling_of_each_shipped_model_is_measured_and_made_from_the_shippe
     assert card["quantization"]["fp32_sha256"] == _sha256(fp32)
     assert "synthetic" in card["training"]["data_kind"]
     assert any("held-out" in name for name in card["metrics"])
-    # the default service configuration finds both at PERCEPTION_PRECISION=int8
+    # the shipped pair (the service's default models) is complete at PERCEPTION_PRECISION=int8
     settings = Settings(precision="int8", seg_model=SEG_MODEL, det_model=ROOT / "models" / "squeezedet.onnx")
     assert settings.model_paths() == (int8_model_path(SEG_MODEL), int8_model_path(ROOT / "models" / "squeezedet.onnx"))
 

@@ -118,8 +118,9 @@ def head_node_names(model: Any, kept: set[str]) -> list[str]:
 
 
 def float_output_conv_names(model: Any, fp32: set[str]) -> list[str]:
-    """Convolutions whose every output is read only by the nodes ``fp32`` (or is a graph output): the last
-    convolution before an FP32 head or CRF (SqueezeDet's ConvDet, SqueezeSeg's conv14).
+    """Convolutions whose every output is read by nodes of ``fp32`` only (or only is a graph output): the last
+    convolution before an FP32 head or CRF (SqueezeDet's ConvDet, SqueezeSeg's conv14). A convolution nothing
+    reads, or one an unnamed node reads, is not among them.
 
     Quantised, such a convolution gains nothing: with no QuantizeLinear on its output ONNX Runtime cannot
     fuse it into a QLinearConv and runs it in float on dequantised weights, outside its blocked (NCHWc)
@@ -127,17 +128,22 @@ def float_output_conv_names(model: Any, fp32: set[str]) -> list[str]:
     reads the float tensor before its input's Q/DQ pair. Not propagated upwards: the convolutions before
     it stay quantised.
     """
-    consumers: dict[str, list[str]] = {}
+    readers: dict[str, list[Any]] = {}
     for node in model.graph.node:
         for name in node.input:
-            consumers.setdefault(name, []).append(node.name)
+            readers.setdefault(name, []).append(node)
     outputs = {o.name for o in model.graph.output}
+
+    def read_only_in_fp32(tensor: str) -> bool:
+        nodes = readers.get(tensor, [])
+        return all(n.name and n.name in fp32 for n in nodes) and bool(nodes or tensor in outputs)
+
     return [
         node.name
         for node in model.graph.node
         if node.op_type in ("Conv", "ConvTranspose")
         and node.name not in fp32
-        and all(o in outputs or (consumers.get(o) and set(consumers[o]) <= fp32) for o in node.output)
+        and all(read_only_in_fp32(o) for o in node.output)
     ]
 
 
@@ -245,7 +251,7 @@ class QuantizeReport:
         qdq_tensors: tensors read through a DequantizeLinear (int8 weights, uint8 activations).
         metadata: the model's ``perception.*`` metadata (carried over from the FP32 model).
         fp32_nodes: nodes left in FP32 on purpose: the CRF (``crf_nodes`` of them), the output head and the
-            convolutions that feed only those (:func:`float_output_conv_names`).
+            convolutions that feed only those (``fp32_convs``, :func:`float_output_conv_names`).
         fp32_bytes, int8_bytes: file sizes. seconds: wall time of calibration + quantisation.
     """
 
@@ -258,6 +264,7 @@ class QuantizeReport:
     metadata: dict[str, str] = field(default_factory=dict)
     fp32_nodes: list[str] = field(default_factory=list)
     crf_nodes: int = 0
+    fp32_convs: list[str] = field(default_factory=list)
     op_types: list[str] = field(default_factory=list)
     per_channel: bool = True
     reduce_range: bool = True
@@ -347,7 +354,8 @@ def quantize_model(
         prepared_model = onnx.load(str(prepared))
         crf = crf_node_names(prepared_model) if keep_crf_fp32 else []
         fp32 = crf + head_node_names(prepared_model, set(crf))
-        excluded = fp32 + float_output_conv_names(prepared_model, set(fp32))
+        fp32_convs = float_output_conv_names(prepared_model, set(fp32))
+        excluded = fp32 + fp32_convs
         try:
             q.quantize_static(
                 str(prepared),
@@ -392,6 +400,7 @@ def quantize_model(
         metadata={p.key: p.value for p in quantized.metadata_props},
         fp32_nodes=excluded,
         crf_nodes=len(crf),
+        fp32_convs=fp32_convs,
         op_types=sorted(set(op_types)) if op_types is not None else [],
         per_channel=per_channel,
         reduce_range=reduce_range,
@@ -432,6 +441,7 @@ def write_int8_card(report: QuantizeReport) -> dict[str, Any]:
             "op_types": report.op_types or "all ONNX Runtime can quantise",
             "fp32_nodes": len(report.fp32_nodes),
             "fp32_crf_nodes": report.crf_nodes,
+            "fp32_convs": report.fp32_convs,
             "fp32_rule": "the recurrent CRF (node names with '/crf/') when kept FP32, the inputs that only feed it, "
             "the output head after the last quantised convolution, and the convolutions that feed only those "
             "(a quantised one would run in float on dequantised weights, slower); they read FP32 tensors",
@@ -444,7 +454,12 @@ def write_int8_card(report: QuantizeReport) -> dict[str, Any]:
             f"INT8 (QDQ) version of the FP32 model {report.model} (sha256 {_sha256(report.model)[:12]}...), "
             f"calibrated on {report.frames} frames of {report.data or 'unnamed data'}. "
             + (f"The {report.crf_nodes} nodes of the recurrent CRF stay FP32. " if report.crf_nodes else "")
-            + "The output head and the last convolution before it (or before the CRF) stay FP32. "
+            + "The output head stays FP32"
+            + (
+                f", and so do the convolutions that feed only FP32 nodes ({', '.join(report.fp32_convs)}). "
+                if report.fp32_convs
+                else ". "
+            )
             + "Metrics of the FP32 card do not carry over; measure this file with `perception eval ... --card`."
         ),
     }

@@ -173,7 +173,8 @@ class LoadedModel:
 def session_options(intra_op_threads: int = 0, allow_spinning: bool = False) -> ort.SessionOptions:
     """The session options of :func:`load_model`: every graph optimisation, sequential execution, ONNX
     Runtime's CPU memory arena, ``intra_op_threads`` (0: one per core) threads that do not spin between
-    runs. ``perception bench ort-settings`` times each choice against its alternatives."""
+    runs. ``perception bench ort-settings`` times these choices against their alternatives (spinning: see
+    :func:`load_model`)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if intra_op_threads:
