@@ -1060,6 +1060,8 @@ def _ort_setting_options() -> dict[str, Any]:
             setattr(options, name, value)
         return options
 
+    parallel = changed(execution_mode=ort.ExecutionMode.ORT_PARALLEL, inter_op_num_threads=2)
+    parallel.add_session_config_entry("session.inter_op.allow_spinning", "0")  # as the intra-op threads
     level = ort.GraphOptimizationLevel
     layout = getattr(level, "ORT_ENABLE_LAYOUT", None)  # onnxruntime >= 1.22
     return {
@@ -1070,7 +1072,7 @@ def _ort_setting_options() -> dict[str, Any]:
         "opt_disabled": changed(graph_optimization_level=level.ORT_DISABLE_ALL),
         "threads_1": session_options(intra_op_threads=1),
         "no_arena": changed(enable_cpu_mem_arena=False),
-        "parallel_inter_op": changed(execution_mode=ort.ExecutionMode.ORT_PARALLEL, inter_op_num_threads=2),
+        "parallel_inter_op": parallel,
     }
 
 
