@@ -1047,9 +1047,9 @@ def _ort_setting_options() -> dict[str, Any]:
     """Session options to compare: the project's (``default``, :func:`perception.runtime.session.session_options`)
     and each with one choice changed.
 
-    Not among them: spinning intra-op threads. A spinning session keeps the cores busy after its run, which
-    would slow whichever session the alternation runs next; its cost in the LiDAR path (numpy work between
-    runs) is measured in :func:`perception.runtime.session.load_model`'s docstring."""
+    Not among them: threads that keep spinning after a run (``spinning="on"``), which would slow whichever
+    session the alternation runs next; their cost in the LiDAR path (numpy work between runs) is measured in
+    :func:`perception.runtime.session.load_model`'s docstring."""
     import onnxruntime as ort
 
     from perception.runtime.session import session_options
@@ -1071,6 +1071,7 @@ def _ort_setting_options() -> dict[str, Any]:
         "opt_basic": changed(graph_optimization_level=level.ORT_ENABLE_BASIC),
         "opt_disabled": changed(graph_optimization_level=level.ORT_DISABLE_ALL),
         "threads_1": session_options(intra_op_threads=1),
+        "no_spinning": session_options(spinning="off"),
         "no_arena": changed(enable_cpu_mem_arena=False),
         "parallel_inter_op": parallel,
     }
@@ -1082,6 +1083,7 @@ ORT_SETTING_NOTES = {
     "opt_basic": "basic graph optimisations",
     "opt_disabled": "no graph optimisation",
     "threads_1": "1 intra-op thread",
+    "no_spinning": "intra-op threads never spin",
     "no_arena": "no CPU memory arena",
     "parallel_inter_op": "parallel executor, 2 inter-op threads",
     "io_binding": "I/O binding to preallocated outputs",
@@ -1128,8 +1130,8 @@ def _time_ort_settings(model_path: Path, feeds: dict[str, np.ndarray], repeats: 
 
 
 def bench_ort_settings(repeats: int, ctx: BenchContext | None = None) -> dict[str, object]:
-    """ONNX Runtime's settings on the shipped models (CPU): graph optimisation levels, intra-op threads,
-    the CPU memory arena, the parallel executor and I/O binding, each against the project's
+    """ONNX Runtime's settings on the shipped models (CPU): graph optimisation levels, intra-op threads and
+    their spinning, the CPU memory arena, the parallel executor and I/O binding, each against the project's
     choice (``default``) in alternating runs. Keys ``seg_*`` (SqueezeSeg + CRF, 64 x 512, street scan)
     and ``det_*`` (SqueezeDet, 1248 x 384, noise frame); ``median_ms`` is the segmenter's default (the
     detector's without a shipped segmenter). Holds one session per setting of a model at a time."""

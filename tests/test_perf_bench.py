@@ -136,7 +136,7 @@ def test_ort_settings_compares_each_choice_with_the_projects_options_on_both_shi
             assert res[f"{task}_{key}_vs_default_speedup"] == pytest.approx(ratio)
             assert f"{note} {ratio:.2f}x" in res["notes"]
     timed = [key for key in bench.ORT_SETTING_NOTES if f"seg_{key}_median_ms" in res]
-    assert {"opt_basic", "threads_1", "no_arena", "io_binding"} <= set(timed)
+    assert {"opt_basic", "threads_1", "no_spinning", "no_arena", "io_binding"} <= set(timed)
 
 
 def test_each_ort_setting_changes_one_thing_of_the_projects_session_options():
@@ -148,7 +148,7 @@ def test_each_ort_setting_changes_one_thing_of_the_projects_session_options():
     default = opts.pop("default")
     level = ort.GraphOptimizationLevel
     assert default.graph_optimization_level == level.ORT_ENABLE_ALL and default.enable_cpu_mem_arena
-    assert default.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert default.get_session_config_entry("session.force_spinning_stop") == "1"  # spins only within a run
     assert default.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL and default.intra_op_num_threads == 0
     assert opts["opt_basic"].graph_optimization_level == level.ORT_ENABLE_BASIC
     assert opts["opt_disabled"].graph_optimization_level == level.ORT_DISABLE_ALL
@@ -156,9 +156,13 @@ def test_each_ort_setting_changes_one_thing_of_the_projects_session_options():
     assert opts["no_arena"].enable_cpu_mem_arena is False
     assert opts["parallel_inter_op"].execution_mode == ort.ExecutionMode.ORT_PARALLEL
     assert set(opts) <= set(bench.ORT_SETTING_NOTES)  # every setting has its note
+    assert opts["no_spinning"].get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert session_options(2).intra_op_num_threads == 2
-    with pytest.raises(Exception, match="allow_spinning"):  # not set: onnxruntime's default, spinning
-        session_options(allow_spinning=True).get_session_config_entry("session.intra_op.allow_spinning")
+    for key in ("session.intra_op.allow_spinning", "session.force_spinning_stop"):  # onnxruntime's default
+        with pytest.raises(Exception, match="spinning"):
+            session_options(spinning="on").get_session_config_entry(key)
+    with pytest.raises(ValueError, match="spinning must be one of"):
+        session_options(spinning="sometimes")  # type: ignore[arg-type]
 
 
 def test_lidar_pipeline_reports_its_stages_and_the_share_around_the_network():
