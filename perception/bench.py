@@ -119,6 +119,16 @@ def _flop_count(model_path: Path) -> Any:
     return _cached_flop_count(str(model_path), model_path.stat().st_mtime_ns)
 
 
+def _cpu_session(path: Path) -> Any:
+    """An ONNX Runtime CPU session with the runtime's options (:func:`perception.runtime.session.session_options`:
+    its threads stop spinning when a run returns, so a session timed in alternation does not slow the next)."""
+    import onnxruntime as ort
+
+    from perception.runtime.session import session_options
+
+    return ort.InferenceSession(str(path), sess_options=session_options(), providers=["CPUExecutionProvider"])
+
+
 def flop_fields(prefix: str, model_path: Path, median_ms: float, ctx: BenchContext) -> dict[str, Any]:
     """``{prefix}_gflop`` (of ``model_path``), ``{prefix}_achieved_gflops_per_s`` at ``median_ms`` and
     ``{prefix}_vs_matmul_probe_speedup`` (achieved / probe GFLOP/s: the fraction of the machine's FP32
@@ -219,7 +229,6 @@ def _int8_comparison(
     Adds ``int8_argmax_agreement``: the fraction of positions (valid pixels for seg, anchors for det) where
     the INT8 model picks the same class as the FP32 one on the bench frame (not a calibration frame).
     """
-    import onnxruntime as ort
 
     from perception.runtime.quantize import argmax_agreement, int8_model_path, quantize_model
 
@@ -242,7 +251,7 @@ def _int8_comparison(
         quantize_model(model_path, int8_path, calibration, max_frames=len(calibration), task=task, data=data,
                        write_card=False)  # fmt: skip
         source = f"quantised now from the model under test, calibrated on {data}"
-    session = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
+    session = _cpu_session(int8_path)
     out = _int8_fields(model_path, lambda: fp32_session.run([output], feeds), lambda: session.run([output], feeds),
                        repeats, source, ctx)  # fmt: skip
     reference = fp32_session.run([output], feeds)[0]
@@ -279,7 +288,6 @@ def _lighter_variants(
     """The model of ``task`` (``seg``: SqueezeSeg + CRF, ``det``: SqueezeDet) with SqueezeNext and Shift blocks,
     timed in alternation with the Fire model (ORT CPU); ``fire_alongside_median_ms`` is the Fire model in the
     same rounds."""
-    import onnxruntime as ort
 
     from perception.lidar.sensors import SENSORS
     from perception.training.export import (
@@ -299,7 +307,7 @@ def _lighter_variants(
             paths[block] = export_segmentation_onnx(model, tmp / f"seg_{block}.onnx", SENSORS["kitti-front"])
         else:
             paths[block] = export_detection_onnx(build_detection_model(seed=0, block=block), tmp / f"det_{block}.onnx")
-        session = ort.InferenceSession(str(paths[block]), providers=["CPUExecutionProvider"])
+        session = _cpu_session(paths[block])
         runs[block] = functools.partial(session.run, [output], feeds)
     timed = time_interleaved(runs, repeats)
     fire_ms = timed["fire"]["median_ms"]
@@ -329,8 +337,6 @@ def bench_seg(repeats: int, ctx: BenchContext | None = None) -> dict[str, object
     """
     import tempfile
 
-    import onnxruntime as ort
-
     from perception.runtime.quantize import int8_model_path
 
     ctx = ctx or BenchContext()
@@ -351,7 +357,7 @@ def bench_seg(repeats: int, ctx: BenchContext | None = None) -> dict[str, object
         if not shipped.is_file():
             return {"median_ms": float("nan"), "p90_ms": float("nan"), "p99_ms": float("nan"), "runs": 0,
                     "notes": "skipped: needs torch ([train]) or a shipped model"}  # fmt: skip
-        session = ort.InferenceSession(str(shipped), providers=["CPUExecutionProvider"])
+        session = _cpu_session(shipped)
         res: dict[str, Any] = dict(time_function(lambda: session.run(["logits"], feeds), repeats))
         res.update(probe)
         res.update(flop_fields("ort", shipped, res["median_ms"], ctx))
@@ -370,7 +376,7 @@ def bench_seg(repeats: int, ctx: BenchContext | None = None) -> dict[str, object
         for crf in (True, False):
             model = build_segmentation_model(crf=crf, seed=0)
             paths[crf] = export_segmentation_onnx(model, Path(tmp) / f"seg_{crf}.onnx", SENSORS["kitti-front"])
-            sessions[crf] = ort.InferenceSession(str(paths[crf]), providers=["CPUExecutionProvider"])
+            sessions[crf] = _cpu_session(paths[crf])
             torch_models[crf] = model
         # with and without the CRF in alternating runs: their ratio is the CRF's cost
         timed_pair = time_interleaved(
@@ -608,8 +614,6 @@ def bench_det(repeats: int, ctx: BenchContext | None = None) -> dict[str, object
     with SqueezeNext and Shift blocks beside the Fire one."""
     import tempfile
 
-    import onnxruntime as ort
-
     from perception.camera.anchors import squeezedet_anchors
     from perception.camera.boxes import postprocess_detections
 
@@ -626,7 +630,7 @@ def bench_det(repeats: int, ctx: BenchContext | None = None) -> dict[str, object
     model = build_detection_model("squeezedet", seed=0)
     with tempfile.TemporaryDirectory() as tmp:
         path = export_detection_onnx(model, Path(tmp) / "det.onnx")
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = _cpu_session(path)
         res: dict[str, Any] = dict(time_function(lambda: session.run(None, {"image": image}), repeats))
         probs, conf, deltas = session.run(None, {"image": image})
         res.update(flop_fields("ort", path, res["median_ms"], ctx))
