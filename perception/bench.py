@@ -44,11 +44,14 @@ def time_function(func: Callable[[], object], repeats: int, warmup: int = 3) -> 
 
 
 def time_interleaved(
-    funcs: dict[str, Callable[[], object]], repeats: int, warmup: int = 3
+    funcs: dict[str, Callable[[], object]], repeats: int, warmup: int = 3, settle_s: float = 0.0
 ) -> dict[str, dict[str, float]]:
     """Statistics of several functions timed in alternation: each round runs every function once, in an
     order that rotates from round to round. On a shared machine whose speed drifts during a run, ratios of
-    these medians are far steadier than ratios of back-to-back blocks of runs."""
+    these medians are far steadier than ratios of back-to-back blocks of runs.
+
+    ``settle_s``: an untimed pause after each call, for functions whose worker threads keep spinning after
+    they return (torch's OpenMP pool does) and would otherwise slow the function timed next."""
     names = list(funcs)
     for _ in range(warmup):
         for name in names:
@@ -59,7 +62,15 @@ def time_interleaved(
             start = time.perf_counter()
             funcs[name]()
             times[name].append(time.perf_counter() - start)
+            if settle_s:
+                time.sleep(settle_s)
     return {name: _stats(values) for name, values in times.items()}
+
+
+EAGER_SETTLE_S = 0.1
+"""Pause after each call when torch eager alternates with ONNX Runtime: torch's OpenMP threads spin for a while
+after an op and, on 2 cores, slowed the ORT run after them by 16-25 % (ORT alongside eager 109.0 ms, alone 87.4;
+with 50 ms pauses 87.6)."""
 
 
 def blas_name() -> str:
@@ -406,7 +417,7 @@ def bench_seg(repeats: int, ctx: BenchContext | None = None) -> dict[str, object
             runs[f"torch_crf={crf}"] = functools.partial(model, t_image, t_mask)
             runs[f"ort_crf={crf}"] = functools.partial(sessions[crf].run, ["logits"], feeds)
         with torch.inference_mode():  # eager and ORT in alternation: their ratio from the same rounds
-            paired = time_interleaved(runs, max(3, repeats // 5), warmup=2)
+            paired = time_interleaved(runs, max(3, repeats // 5), warmup=2, settle_s=EAGER_SETTLE_S)
         eager_crf, eager_plain = paired["torch_crf=True"]["median_ms"], paired["torch_crf=False"]["median_ms"]
         main.update(
             {
@@ -644,6 +655,7 @@ def bench_det(repeats: int, ctx: BenchContext | None = None) -> dict[str, object
                 {"eager": lambda: model(torch.from_numpy(image)), "ort": lambda: session.run(None, {"image": image})},
                 max(3, repeats // 5),
                 warmup=2,
+                settle_s=EAGER_SETTLE_S,
             )
         eager = paired["eager"]
         res["torch_eager_median_ms"] = eager["median_ms"]

@@ -28,6 +28,14 @@ def test_interleaved_timing_alternates_the_functions_and_rotates_their_order():
     assert out["a"]["runs"] == out["b"]["runs"] == 4
 
 
+def test_interleaved_timing_pauses_untimed_after_each_call_when_asked(monkeypatch):
+    events = []
+    monkeypatch.setattr(bench.time, "sleep", lambda s: events.append(("sleep", s)))
+    bench.time_interleaved({"a": lambda: events.append("a"), "b": lambda: events.append("b")}, 2, warmup=0,
+                           settle_s=0.25)  # fmt: skip
+    assert events == ["a", ("sleep", 0.25), "b", ("sleep", 0.25), "b", ("sleep", 0.25), "a", ("sleep", 0.25)]
+
+
 def test_projection_alone_does_not_run_the_probe():
     out = bench.run_benchmarks(["projection"], repeats=3)
     assert "matmul_probe" not in out and out["benchmarks"]["projection"]["runs"] == 3
