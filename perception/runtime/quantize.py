@@ -95,6 +95,15 @@ def crf_node_names(model: Any) -> list[str]:
     return [n.name for n in model.graph.node if CRF_SCOPE in n.name]
 
 
+def _readers(model: Any) -> dict[str, list[Any]]:
+    """Tensor name -> the nodes that read it."""
+    readers: dict[str, list[Any]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
 def head_node_names(model: Any, kept: set[str]) -> list[str]:
     """Nodes from which no quantised convolution is reachable: the output head after the last Conv that is
     quantised (softmax, sigmoid, reshapes), and inputs that only feed ``kept`` nodes (the CRF's x, y, z slice).
@@ -102,10 +111,7 @@ def head_node_names(model: Any, kept: set[str]) -> list[str]:
     ``kept`` are nodes already left in FP32 (their convolutions do not count as quantised). Relies on the
     graph's nodes being topologically sorted, as ONNX requires.
     """
-    consumers: dict[str, list[Any]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = _readers(model)
     reaches: dict[int, bool] = {}  # id(node) -> a quantised conv is this node or downstream of it
     head = []
     for node in reversed(model.graph.node):
@@ -128,10 +134,7 @@ def float_output_conv_names(model: Any, fp32: set[str]) -> list[str]:
     reads the float tensor before its input's Q/DQ pair. Not propagated upwards: the convolutions before
     it stay quantised.
     """
-    readers: dict[str, list[Any]] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = _readers(model)
     outputs = {o.name for o in model.graph.output}
 
     def read_only_in_fp32(tensor: str) -> bool:
