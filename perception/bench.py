@@ -130,14 +130,17 @@ def _flop_count(model_path: Path) -> Any:
     return _cached_flop_count(str(model_path), model_path.stat().st_mtime_ns)
 
 
-def _cpu_session(path: Path) -> Any:
-    """An ONNX Runtime CPU session with the runtime's options (:func:`perception.runtime.session.session_options`:
-    its threads stop spinning when a run returns, so a session timed in alternation does not slow the next)."""
+def _cpu_session(path: Path, options: Any = None) -> Any:
+    """An ONNX Runtime CPU session with ``options``, by default the runtime's
+    (:func:`perception.runtime.session.session_options`: its threads stop spinning when a run returns, so a
+    session timed in alternation does not slow the next)."""
     import onnxruntime as ort
 
     from perception.runtime.session import session_options
 
-    return ort.InferenceSession(str(path), sess_options=session_options(), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(path), sess_options=options or session_options(), providers=["CPUExecutionProvider"]
+    )
 
 
 def flop_fields(prefix: str, model_path: Path, median_ms: float, ctx: BenchContext) -> dict[str, Any]:
@@ -497,17 +500,16 @@ def _pipeline_scan() -> tuple[np.ndarray, str]:
     return cast_scan(SENSORS["hdl64e-360"], street_scene(0), seed=0).points, "analytic street scan (seed 0)"
 
 
-def _time_lidar_paths(models: dict[str, Path], points: np.ndarray, repeats: int) -> dict[str, dict[str, Any]]:
-    """Segmenter (projection, ONNX Runtime CPU, labels back) then clustering with boxes, per frame, for each
-    model in alternating runs; stage medians and the share of the frame spent around the network
-    (``around_network_share``)."""
+def _time_lidar_paths(segmenters: dict[str, Any], points: np.ndarray, repeats: int) -> dict[str, dict[str, Any]]:
+    """Each :class:`~perception.runtime.segmenter.Segmenter` (projection, ONNX Runtime, labels back) then
+    clustering with boxes, per frame, in alternating runs; stage medians and the share of the frame spent
+    around the network (``around_network_share``)."""
     from perception.lidar.clustering import cluster_instances
-    from perception.runtime.segmenter import Segmenter
 
-    stages: dict[str, dict[str, list[float]]] = {name: {} for name in models}
-    instances: dict[str, list[int]] = {name: [] for name in models}
+    stages: dict[str, dict[str, list[float]]] = {name: {} for name in segmenters}
+    instances: dict[str, list[int]] = {name: [] for name in segmenters}
 
-    def frame(name: str, segmenter: Segmenter) -> None:
+    def frame(name: str, segmenter: Any) -> None:
         result = segmenter.segment(points)
         t0 = time.perf_counter()
         found = cluster_instances(points, result.labels, result.projection, scores=result.scores)
@@ -515,12 +517,11 @@ def _time_lidar_paths(models: dict[str, Path], points: np.ndarray, repeats: int)
         for key, value in {**result.timings_ms, "clustering": (time.perf_counter() - t0) * 1e3}.items():
             stages[name].setdefault(key, []).append(value)
 
-    segmenters = {name: Segmenter(path, providers="cpu") for name, path in models.items()}
     timed = time_interleaved(
         {name: functools.partial(frame, name, segmenter) for name, segmenter in segmenters.items()}, repeats
     )
     out: dict[str, dict[str, Any]] = {}
-    for name in models:
+    for name in segmenters:
         res: dict[str, Any] = dict(timed[name])
         per_stage = {k: np.asarray(v[-repeats:]) for k, v in stages[name].items()}  # the timed rounds
         totals = np.sum(list(per_stage.values()), axis=0)
@@ -564,7 +565,9 @@ def bench_lidar_pipeline(repeats: int, ctx: BenchContext | None = None) -> dict[
         if model_path is None:
             return {"median_ms": float("nan"), "p90_ms": float("nan"), "p99_ms": float("nan"), "runs": 0,
                     "notes": f"skipped: {note}"}  # fmt: skip
-        res = _time_lidar_paths({"fp32": model_path}, points, repeats)["fp32"]
+        from perception.runtime.segmenter import Segmenter
+
+        res = _time_lidar_paths({"fp32": Segmenter(model_path, providers="cpu")}, points, repeats)["fp32"]
     res["notes"] = (
         f"{len(points)} pts ({scan_note}), kitti-front, {note}, {res['instances']} instances; {res.pop('stage_note')};"
         f" around the network {res['around_network_share'] * 100:.0f}%"
@@ -581,7 +584,6 @@ def bench_lidar_360(repeats: int, ctx: BenchContext | None = None) -> dict[str, 
     """
     import tempfile
 
-    from perception.lidar.projection import spherical_project
     from perception.lidar.sensors import SENSORS
 
     points, scan_note = _pipeline_scan()
@@ -596,11 +598,13 @@ def bench_lidar_360(repeats: int, ctx: BenchContext | None = None) -> dict[str, 
         seeds = range(1, 1 + CALIBRATION_FRAMES)
         int8_path = quantize_model(model_path, int8_model_path(model_path), _analytic_seg_feeds(SENSORS["hdl64e-360"],
                                    seeds), max_frames=len(seeds), task="seg", write_card=False).out  # fmt: skip
-        both = _time_lidar_paths({"fp32": model_path, "int8": int8_path}, points, repeats)
+        segmenters = {"fp32": Segmenter(model_path, providers="cpu"), "int8": Segmenter(int8_path, providers="cpu")}
+        both = _time_lidar_paths(segmenters, points, repeats)
         res, int8 = both["fp32"], both["int8"]
-        in_view = spherical_project(points, SENSORS["hdl64e-360"]).in_view
-        fp32_labels = Segmenter(model_path, providers="cpu").segment(points).labels[in_view]
-        int8_labels = Segmenter(int8_path, providers="cpu").segment(points).labels[in_view]
+        fp32_result = segmenters["fp32"].segment(points)
+        in_view = fp32_result.projection.in_view
+        fp32_labels = fp32_result.labels[in_view]
+        int8_labels = segmenters["int8"].segment(points).labels[in_view]
     res.update({f"int8_{k}": v for k, v in int8.items() if k != "stage_note"})
     res["int8_vs_fp32_speedup"] = res["median_ms"] / int8["median_ms"]
     res["int8_label_agreement"] = float(np.mean(fp32_labels == int8_labels))
@@ -1113,10 +1117,7 @@ def _time_ort_settings(model_path: Path, feeds: dict[str, np.ndarray], repeats: 
     alternative is faster) and the default's ``default_p90_ms`` / ``default_p99_ms``."""
     import onnxruntime as ort
 
-    sessions = {
-        key: ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
-        for key, options in _ort_setting_options().items()
-    }
+    sessions = {key: _cpu_session(model_path, options) for key, options in _ort_setting_options().items()}
     runs: dict[str, Callable[[], object]] = {
         key: functools.partial(session.run, None, feeds) for key, session in sessions.items()
     }
