@@ -73,6 +73,18 @@ def test_labels_go_back_to_every_point_including_pixel_losers(street_scan):
     np.testing.assert_array_equal(out, np.concatenate([street_scan.labels, street_scan.labels]))
 
 
+def test_any_pixel_image_goes_back_to_the_points_with_its_dtype():
+    pts = np.array([[10.0, 0.0, -0.01, 0.1], [np.nan, 0, 0, 0], [-10.0, 0.0, 0.0, 0.0], [20.0, 0.0, -0.02, 0.0]])
+    proj = spherical_project(pts.astype(np.float32), FRONT)
+    scores = np.arange(proj.mask.size, dtype=np.float32).reshape(proj.mask.shape) / 7.0
+    out = labels_to_points(scores, proj, outside=-0.5)
+    (r0, c0), (r3, c3) = proj.pixel_of_point[0], proj.pixel_of_point[3]
+    assert out.dtype == np.float32
+    assert out.tolist() == [scores[r0, c0], -0.5, -0.5, scores[r3, c3]]
+    with pytest.raises(ValueError, match="shape"):
+        labels_to_points(scores[:, :-1], proj)
+
+
 def test_nearest_point_wins_the_pixel():
     near = [10.0, 0.0, -0.01, 0.1]
     far = [20.0, 0.0, -0.02, 0.9]
@@ -160,6 +172,7 @@ def test_projection_invariants_on_random_clouds(pts, sensor):
     assert proj.num_invalid + proj.num_out_of_view + int(proj.in_view.sum()) == n
     rows, cols = proj.pixel_of_point.T
     assert ((rows == -1) == (cols == -1)).all()
+    np.testing.assert_array_equal(proj.flat_pixel_of_point, np.where(rows >= 0, rows * spec.width + cols, -1))
     assert ((rows >= -1) & (rows < spec.height) & (cols >= -1) & (cols < spec.width)).all()
     owners = proj.point_of_pixel[proj.mask]
     assert (proj.point_of_pixel[~proj.mask] == -1).all()

@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="exporting a model needs the [train] extra (torch)")
 
 from perception.lidar.sensors import SENSORS  # noqa: E402
-from perception.runtime.segmenter import InvalidInputError, Segmenter  # noqa: E402
+from perception.runtime.segmenter import InvalidInputError, Segmenter, argmax_classes  # noqa: E402
 from perception.runtime.session import ModelLoadError, load_model, parse_provider_preference  # noqa: E402
 from perception.training.export import (  # noqa: E402
     build_segmentation_model,
@@ -84,7 +84,20 @@ def test_segmenter_labels_every_point_and_matches_torch(seg_model, street_scan):
     np.testing.assert_array_equal(result.pixel_labels, expected)
     rows, cols = proj.pixel_of_point[proj.in_view].T
     np.testing.assert_array_equal(result.labels[proj.in_view], expected[rows, cols])
+    probs = torch.softmax(logits[0], 0).numpy()
+    np.testing.assert_allclose(result.scores[proj.in_view], probs[expected[rows, cols], rows, cols], atol=1e-5)
     assert sum(result.class_counts().values()) == len(street_scan.points)
+
+
+def test_argmax_classes_is_numpy_argmax_with_ties_to_the_first_class():
+    rng = np.random.default_rng(0)
+    scores = rng.normal(size=(4, 16, 32)).astype(np.float32)
+    scores[2, :4] = scores[1, :4] = scores.max(axis=0)[:4] + 1.0  # a tie for the highest, classes 1 and 2
+    scores[:, 5] = 0.25  # every class tied
+    out = argmax_classes(scores)
+    assert out.dtype == np.int64
+    np.testing.assert_array_equal(out, np.argmax(scores, axis=0))
+    assert (out[:4] == 1).all() and (out[5] == 0).all()
 
 
 def test_segmenter_accepts_a_batch_free_range_image(seg_model):

@@ -16,7 +16,7 @@ Two ways to find the neighbours:
 
 ``method="range_image"`` (the runtime path, pure numpy):
     candidates are only the points whose range-image pixel lies in a window (default 7 rows x
-    15 columns) around the point's own pixel, from :attr:`Projection.pixel_of_point`; every
+    15 columns) around the point's own pixel, from :attr:`Projection.flat_pixel_of_point`; every
     candidate is checked against ``eps_m`` in 3D. Points that lost their pixel to a nearer point
     keep their (row, col): sorted by pixel, the points of a pixel are a run of positions, and a
     padded copy of the image holds each pixel's first position and run length, so that a window
@@ -68,7 +68,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from perception.lidar.projection import Projection, validate_points
+from perception.lidar.projection import Projection, pixels_of_flat, validate_points
 
 BACKGROUND, CAR, PEDESTRIAN, CYCLIST = 0, 1, 2, 3
 CLASS_NAMES: dict[int, str] = {BACKGROUND: "unknown", CAR: "car", PEDESTRIAN: "pedestrian", CYCLIST: "cyclist"}
@@ -1004,7 +1004,6 @@ def _cluster_labels(
 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Per class: (indices of its points in view, DBSCAN label of each, -1 noise)."""
     image_shape = projection.mask.shape
-    pixels = projection.pixel_of_point
     in_view = projection.in_view
     classes = sorted(class_params)
     clusters: dict[int, tuple[np.ndarray, np.ndarray]] = {}
@@ -1014,9 +1013,8 @@ def _cluster_labels(
             same = [c for c in classes if class_params[c].window == window]
             sel = np.flatnonzero(np.isin(lab, same) & in_view)
             group = np.searchsorted(same, lab[sel])
-            found = range_image_dbscan_groups(
-                pts[sel, :3], pixels[sel], group, image_shape, [class_params[c] for c in same]
-            )
+            pixels = pixels_of_flat(projection.flat_pixel_of_point[sel], image_shape[1])
+            found = range_image_dbscan_groups(pts[sel, :3], pixels, group, image_shape, [class_params[c] for c in same])
             for g, cls in enumerate(same):
                 clusters[cls] = (sel[group == g], found[group == g])
     else:

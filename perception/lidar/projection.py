@@ -15,6 +15,7 @@ Conventions (see DESIGN.md, data contracts):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -35,8 +36,9 @@ class Projection:
     Attributes:
         image: float32 (5, H, W): x, y, z, intensity, range; zeros where ``mask`` is False.
         mask: bool (H, W), True where a pixel holds a point.
-        pixel_of_point: int64 (N, 2) row and column of each input point, (-1, -1) when the point
-            is not in the image (outside the field of view, out of range, or invalid).
+        flat_pixel_of_point: int64 (N,) pixel of each input point as one index into the flattened
+            (H, W) image, ``row * W + col``; -1 when the point is not in the image (outside the field
+            of view, out of range, or invalid).
         point_of_pixel: int64 (H, W) index of the input point that owns each pixel, -1 if empty.
         num_invalid: points dropped because a coordinate was NaN/inf or the point was at the origin.
         num_out_of_view: finite points outside the sensor's field of view or range limits.
@@ -44,23 +46,35 @@ class Projection:
 
     image: np.ndarray
     mask: np.ndarray
-    pixel_of_point: np.ndarray
+    flat_pixel_of_point: np.ndarray
     point_of_pixel: np.ndarray
     num_invalid: int
     num_out_of_view: int
 
     @property
     def num_points(self) -> int:
-        return int(self.pixel_of_point.shape[0])
+        return int(self.flat_pixel_of_point.shape[0])
 
-    @property
+    @cached_property
+    def pixel_of_point(self) -> np.ndarray:
+        """int64 (N, 2) row and column of each input point, (-1, -1) when it is not in the image."""
+        return pixels_of_flat(self.flat_pixel_of_point, self.mask.shape[1])
+
+    @cached_property
     def in_view(self) -> np.ndarray:
         """bool (N,), True for points that fell on a pixel (whether or not they won it)."""
-        return self.pixel_of_point[:, 0] >= 0
+        return self.flat_pixel_of_point >= 0
 
     @property
     def num_pixels_filled(self) -> int:
         return int(self.mask.sum())
+
+
+def pixels_of_flat(flat: np.ndarray, width: int) -> np.ndarray:
+    """int64 (N, 2) (row, col) of flat pixel indices ``row * width + col`` (N,); -1 (outside) gives (-1, -1)."""
+    rows, cols = np.divmod(np.asarray(flat, dtype=np.int64), width)
+    cols[rows < 0] = -1
+    return np.stack([rows, cols], axis=1)
 
 
 def validate_points(points: np.ndarray, name: str = "points") -> np.ndarray:
@@ -102,12 +116,11 @@ def spherical_project(points: np.ndarray, sensor: SensorSpec) -> Projection:
     kept = idx[ok]
     rr, cc, r = rr[ok], cc[ok], r[ok]
     num_out_of_view = int(n - num_invalid - kept.size)
-    pixel_of_point = np.full((n, 2), -1, dtype=np.int64)
-    pixel_of_point[kept, 0] = rr
-    pixel_of_point[kept, 1] = cc
+    flat = rr * width + cc
+    flat_pixel_of_point = np.full(n, -1, dtype=np.int64)
+    flat_pixel_of_point[kept] = flat
 
     # nearest wins: the smallest range per pixel, then one owner among the points at that range
-    flat = rr * width + cc
     nearest = np.full(height * width, np.inf)
     np.minimum.at(nearest, flat, r)
     at_nearest = r == nearest[flat]
@@ -126,27 +139,28 @@ def spherical_project(points: np.ndarray, sensor: SensorSpec) -> Projection:
     return Projection(
         image=image.reshape(NUM_CHANNELS, height, width),
         mask=mask.reshape(height, width),
-        pixel_of_point=pixel_of_point,
+        flat_pixel_of_point=flat_pixel_of_point,
         point_of_pixel=owner.reshape(height, width),
         num_invalid=num_invalid,
         num_out_of_view=num_out_of_view,
     )
 
 
-def labels_to_points(pixel_labels: np.ndarray, projection: Projection, outside: int = 0) -> np.ndarray:
-    """Per-point labels from per-pixel labels (H, W).
+def labels_to_points(pixel_labels: np.ndarray, projection: Projection, outside: float = 0) -> np.ndarray:
+    """Per-point values (N,) of per-pixel values (H, W): labels, or any other image (scores).
 
-    Every point gets the label of the pixel it fell on, including points that lost the pixel to a
-    nearer one; points not in the image get ``outside`` (0, unknown, by default).
+    Every point gets the value of the pixel it fell on, including points that lost the pixel to a
+    nearer one; points not in the image get ``outside`` (0, unknown, by default). The result has the
+    image's dtype.
     """
     labels = np.asarray(pixel_labels)
     if labels.shape != projection.mask.shape:
         raise ValueError(f"pixel labels have shape {labels.shape}, the projection {projection.mask.shape}")
-    out = np.full(projection.num_points, outside, dtype=labels.dtype)
-    inside = projection.in_view
-    rc = projection.pixel_of_point[inside]
-    out[inside] = labels[rc[:, 0], rc[:, 1]]
-    return out
+    # one lookup for every point: the flat index -1 of the points outside reads the appended last entry
+    table = np.empty(labels.size + 1, dtype=labels.dtype)
+    table[:-1] = labels.ravel()
+    table[-1] = outside
+    return np.take(table, projection.flat_pixel_of_point)
 
 
 def range_image_to_points(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:

@@ -18,7 +18,13 @@ from typing import Literal
 
 import numpy as np
 
-from perception.lidar.projection import PointCloudError, Projection, spherical_project, validate_points
+from perception.lidar.projection import (
+    PointCloudError,
+    Projection,
+    labels_to_points,
+    spherical_project,
+    validate_points,
+)
 from perception.lidar.sensors import SensorSpec, SensorSpecError
 from perception.runtime.session import LoadedModel, ModelLoadError, TensorRTOptions, load_model
 
@@ -55,6 +61,21 @@ class SegmentationResult:
     def class_counts(self) -> dict[str, int]:
         counts = np.bincount(self.labels, minlength=len(self.classes))
         return {name: int(counts[i]) for i, name in enumerate(self.classes)}
+
+
+def argmax_classes(scores: np.ndarray) -> np.ndarray:
+    """int64 (H, W): the class (first axis of ``scores`` (C, H, W)) of the highest score at each pixel.
+
+    ``np.argmax(scores, axis=0)`` (the first class of tied maxima, finite scores), as one pass per
+    class over contiguous images instead of a reduction across the strided class axis (0.5 vs 0.85 ms
+    at 4 x 64 x 512).
+    """
+    best = scores[0].copy()
+    classes = np.zeros(best.shape, dtype=np.int64)
+    for c in range(1, scores.shape[0]):
+        classes[scores[c] > best] = c
+        np.maximum(best, scores[c], out=best)
+    return classes
 
 
 class Segmenter:
@@ -120,9 +141,9 @@ class Segmenter:
         with self._lock:
             logits, probs = (out[0] for out in self.model.session.run(["logits", "probs"], feeds))
         # the class from the logits: probabilities of nearly tied classes can round to the same float32
-        labels = logits.argmax(axis=0)
+        labels = argmax_classes(logits)
         labels[msk[0, 0] == 0] = 0
-        return labels.astype(np.int64), probs
+        return labels, probs
 
     def segment(self, points: np.ndarray) -> SegmentationResult:
         """Labels and scores for every point of an (N, 4) or (N, 3) cloud in the LiDAR frame (metres)."""
@@ -149,12 +170,8 @@ class Segmenter:
         t1 = time.perf_counter()
         pixel_labels, probs = self.infer_range_image(projection.image, projection.mask)
         t2 = time.perf_counter()
-        inside = projection.in_view
-        rows, cols = projection.pixel_of_point[inside].T
-        labels = np.zeros(pts.shape[0], dtype=np.int64)
-        scores = np.zeros(pts.shape[0], dtype=np.float32)
-        labels[inside] = pixel_labels[rows, cols]
-        scores[inside] = probs[labels[inside], rows, cols]
+        labels = labels_to_points(pixel_labels, projection)
+        scores = labels_to_points(np.take_along_axis(probs, pixel_labels[None], axis=0)[0], projection)
         t3 = time.perf_counter()
         return SegmentationResult(
             labels=labels,
