@@ -913,14 +913,19 @@ def fit_boxes(clouds: Sequence[np.ndarray], criterion: BoxCriterion = "closeness
     if not arrays:
         return []
     sizes = np.array([pts.shape[0] for pts in arrays], dtype=np.int64)
+    return _fit_boxes_of_runs(np.concatenate([a[:, :3] for a in arrays]), sizes, criterion)
+
+
+def _fit_boxes_of_runs(pts: np.ndarray, sizes: np.ndarray, criterion: BoxCriterion) -> list[Box3D]:
+    """:func:`fit_boxes` of clouds stored one after the other: float64 (n, 3) points, cloud ``k`` the next
+    ``sizes[k]`` (>= 1) of them."""
     starts = np.cumsum(sizes) - sizes
-    pts = np.concatenate([a[:, :3] for a in arrays])
     origin = np.add.reduceat(pts[:, :2], starts, axis=0) / sizes[:, None]  # (K, 2)
     xy = pts[:, :2] - np.repeat(origin, sizes, axis=0)
     z_lo, z_hi = np.minimum.reduceat(pts[:, 2], starts), np.maximum.reduceat(pts[:, 2], starts)
     extent = np.maximum.reduceat(xy, starts, axis=0) - np.minimum.reduceat(xy, starts, axis=0)
     spread = np.flatnonzero(extent.max(axis=1) > 0.0)
-    angles = np.zeros(len(arrays))
+    angles = np.zeros(sizes.size)
     if spread.size:
         centred = np.split(xy, starts[1:])
         if criterion == "closeness":
@@ -950,7 +955,7 @@ def fit_boxes(clouds: Sequence[np.ndarray], criterion: BoxCriterion = "closeness
             height=float(z_hi[k] - z_lo[k]),
             yaw=_normalise_yaw(float(yaw[k])),
         )
-        for k in range(len(arrays))
+        for k in range(sizes.size)
     ]
 
 
@@ -1102,14 +1107,15 @@ def cluster_instances(
         bounds = np.concatenate([[0], np.cumsum(sizes)])
         kept = np.flatnonzero(sizes >= p.min_instance_points)
         indices = [sel[member[bounds[k] : bounds[k + 1]]] for k in kept]
-        clouds = [xyz[member[bounds[k] : bounds[k + 1]]] for k in kept]
         centroids = (np.add.reduceat(xyz[member], bounds[:-1], axis=0) / sizes[:, None])[kept]
         if score_arr is None:
             mean_scores = np.ones(kept.size)
         else:
             mean_scores = (np.add.reduceat(score_arr[sel[member]], bounds[:-1]) / sizes)[kept]
-        for idx, centroid, box, score in zip(indices, centroids, fit_boxes(clouds, box_criterion), mean_scores,
-                                             strict=True):  # fmt: skip
+        # the kept clusters' points one after the other (member is sorted by cluster)
+        kept_points = xyz[member[np.repeat(sizes >= p.min_instance_points, sizes)]]
+        boxes = _fit_boxes_of_runs(kept_points, sizes[kept], box_criterion) if kept.size else []
+        for idx, centroid, box, score in zip(indices, centroids, boxes, mean_scores, strict=True):
             instances.append(
                 Instance(
                     id=len(instances) + 1,
