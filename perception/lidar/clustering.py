@@ -702,11 +702,17 @@ def _grouped_dbscan(
     border = np.concatenate([jj[to_j], ii[to_i]])
     np.minimum.at(assigned, border, key[root[np.concatenate([ii[to_j], jj[to_i]])]])
     clustered = np.flatnonzero(assigned < m)
-    # clusters numbered by key within each group
-    combined = group_at[clustered] * (m + 1) + assigned[clustered]
-    distinct, rank = np.unique(combined, return_inverse=True)
-    first_of_group = np.searchsorted(distinct, (distinct // (m + 1)) * (m + 1))
-    labels[order[clustered]] = rank - first_of_group[rank]
+    # clusters numbered by key within each group: a key's rank among its group's keys
+    keys = assigned[clustered]
+    is_key = np.zeros(m, dtype=bool)
+    is_key[keys] = True
+    cluster_keys = np.flatnonzero(is_key)  # ascending: sklearn's order
+    key_groups = groups[cluster_keys]
+    by_group = np.argsort(key_groups, kind="stable")
+    sorted_groups = key_groups[by_group]
+    number = np.empty(m, dtype=np.int64)
+    number[cluster_keys[by_group]] = np.arange(cluster_keys.size) - np.searchsorted(sorted_groups, sorted_groups)
+    labels[order[clustered]] = number[keys]
     return labels
 
 
@@ -1020,7 +1026,8 @@ def _cluster_labels(
         # one search for all the classes that share a window (points of different classes never pair)
         for window in dict.fromkeys(class_params[c].window for c in classes):
             same = [c for c in classes if class_params[c].window == window]
-            sel = np.flatnonzero(np.isin(lab, same) & in_view)
+            in_image = np.flatnonzero(in_view)
+            sel = in_image[np.isin(lab[in_image], same)]
             group = np.searchsorted(same, lab[sel])
             pixels = pixels_of_flat(projection.flat_pixel_of_point[sel], image_shape[1])
             found = range_image_dbscan_groups(pts[sel, :3], pixels, group, image_shape, [class_params[c] for c in same])
