@@ -500,6 +500,18 @@ def _pipeline_scan() -> tuple[np.ndarray, str]:
     return cast_scan(SENSORS["hdl64e-360"], street_scene(0), seed=0).points, "analytic street scan (seed 0)"
 
 
+def _minor_page_faults() -> int:
+    """Minor page faults of this process so far (all its threads); 0 where getrusage is missing (Windows).
+
+    Fresh memory that the allocator has to map costs a fault per page: the count per frame shows whether
+    the arrays a frame allocates come from memory the process already holds."""
+    try:
+        import resource
+    except ImportError:
+        return 0
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+
+
 def _time_lidar_paths(segmenters: dict[str, Any], points: np.ndarray, repeats: int) -> dict[str, dict[str, Any]]:
     """Each :class:`~perception.runtime.segmenter.Segmenter` (projection, ONNX Runtime, labels back) then
     clustering with boxes, per frame, in alternating runs; stage medians and the share of the frame spent
@@ -508,13 +520,17 @@ def _time_lidar_paths(segmenters: dict[str, Any], points: np.ndarray, repeats: i
 
     stages: dict[str, dict[str, list[float]]] = {name: {} for name in segmenters}
     instances: dict[str, list[int]] = {name: [] for name in segmenters}
+    faults: dict[str, list[int]] = {name: [] for name in segmenters}
 
     def frame(name: str, segmenter: Any) -> None:
+        faults_before = _minor_page_faults()
         result = segmenter.segment(points)
         t0 = time.perf_counter()
         found = cluster_instances(points, result.labels, result.projection, scores=result.scores)
+        clustering_ms = (time.perf_counter() - t0) * 1e3
+        faults[name].append(_minor_page_faults() - faults_before)
         instances[name].append(len(found))
-        for key, value in {**result.timings_ms, "clustering": (time.perf_counter() - t0) * 1e3}.items():
+        for key, value in {**result.timings_ms, "clustering": clustering_ms}.items():
             stages[name].setdefault(key, []).append(value)
 
     timed = time_interleaved(
@@ -529,6 +545,7 @@ def _time_lidar_paths(segmenters: dict[str, Any], points: np.ndarray, repeats: i
         for key, values in per_stage.items():
             res[f"{key}_median_ms"] = float(np.median(values))
         res["around_network_share"] = float(np.median(around / totals))
+        res["minor_page_faults_per_frame"] = float(np.mean(faults[name][-repeats:]))
         res["instances"] = int(np.median(instances[name]))
         res["stage_note"] = ", ".join(f"{k} {np.median(v):.1f}" for k, v in per_stage.items())
         out[name] = res
@@ -570,7 +587,8 @@ def bench_lidar_pipeline(repeats: int, ctx: BenchContext | None = None) -> dict[
         res = _time_lidar_paths({"fp32": Segmenter(model_path, providers="cpu")}, points, repeats)["fp32"]
     res["notes"] = (
         f"{len(points)} pts ({scan_note}), kitti-front, {note}, {res['instances']} instances; {res.pop('stage_note')};"
-        f" around the network {res['around_network_share'] * 100:.0f}%"
+        f" around the network {res['around_network_share'] * 100:.0f}%;"
+        f" {res['minor_page_faults_per_frame']:.1f} minor page faults per frame"
     )
     return res
 

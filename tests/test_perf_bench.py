@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -173,12 +174,21 @@ def test_each_ort_setting_changes_one_thing_of_the_projects_session_options():
         session_options(spinning="sometimes")  # type: ignore[arg-type]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts page faults by getrusage on Linux")
+def test_the_page_fault_counter_sees_fresh_memory_being_touched():
+    before = bench._minor_page_faults()
+    fresh = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB mapped fresh: 16384 pages of 4 KiB, or 32 huge pages
+    assert bench._minor_page_faults() - before >= 32
+    del fresh
+
+
 def test_lidar_pipeline_reports_its_stages_and_the_share_around_the_network():
     res = bench.run_benchmarks(["lidar-pipeline"], repeats=3)["benchmarks"]["lidar-pipeline"]
     json.dumps(res)
     stages = [res[f"{k}_median_ms"] for k in ("projection", "inference", "unprojection", "clustering")]
     assert all(ms > 0 for ms in stages) and res["runs"] == 3
     assert 0 < res["around_network_share"] < 1 and res["instances"] > 0
+    assert res["minor_page_faults_per_frame"] >= 0 and "minor page faults per frame" in res["notes"]
     if bench.SAMPLE_MESH_SCAN.is_file():  # the committed mesh-world frame, labelled by the shipped model
         assert str(bench.SAMPLE_MESH_SCAN) in res["notes"] and "shipped model" in res["notes"]
 
