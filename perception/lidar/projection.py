@@ -109,7 +109,9 @@ def spherical_project(points: np.ndarray, sensor: SensorSpec) -> Projection:
     at_origin = r == 0.0  # the origin lies in every sector
     num_invalid = int(n - np.count_nonzero(finite) + np.count_nonzero(at_origin))
     in_range = ~at_origin & (r >= sensor.min_range_m) & (r <= sensor.max_range_m)
-    idx, x, y, z, r = idx[in_range], x[in_range], y[in_range], z[in_range], r[in_range]
+    if not in_range.all():
+        at = np.flatnonzero(in_range)
+        idx, x, y, z, r = (np.take(a, at) for a in (idx, x, y, z, r))
     rr = sensor.rows_of_sine(z / r)
     cc = sensor.cols_of(np.degrees(np.arctan2(y, x)))
     ok = (rr >= 0) & (cc >= 0)
