@@ -33,12 +33,12 @@ run: $(VENV)/.runtime-installed
 	$(BIN)/perception serve
 
 test: system-deps $(VENV)/.test-installed
-	$(BIN)/ruff check perception tests
+	$(BIN)/ruff check perception tests benchmarks
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.test-installed
-	$(BIN)/ruff check perception tests
-	$(BIN)/ruff format --check perception tests
+	$(BIN)/ruff check perception tests benchmarks
+	$(BIN)/ruff format --check perception tests benchmarks
 
 bench: $(VENV)/.runtime-installed
 	$(BIN)/perception bench all

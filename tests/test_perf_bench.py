@@ -3,9 +3,14 @@ no wall-clock asserts)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import shutil
+import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -204,3 +209,34 @@ def test_the_360_bench_exports_the_shipped_weights_for_the_full_sweep_and_compar
     assert 0.5 < res["int8_label_agreement"] <= 1.0
     assert res["meets_10hz_p99"] == (min(res["p99_ms"], res["int8_p99_ms"]) < 100.0)
     assert res["inference_median_ms"] > 0 and res["int8_inference_median_ms"] > 0
+
+
+def _compare_script() -> tuple[Any, Path]:
+    repo = Path(__file__).resolve().parents[1]
+    if shutil.which("git") is None or not (repo / ".git").exists():
+        pytest.skip("compares git revisions: needs git and a checkout")
+    spec = importlib.util.spec_from_file_location("compare_lidar_path", repo / "benchmarks" / "compare_lidar_path.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module, repo
+
+
+def test_compare_lidar_path_runs_a_revision_beside_this_checkout(capsys):
+    script, repo = _compare_script()
+    report = script.main(["--against", "HEAD", "--repeats", "2", "--json"])
+    assert json.loads(capsys.readouterr().out) == report
+    for name in ("this", "HEAD"):
+        stages = [report[name][f"{k}_median_ms"] for k in ("projection", "inference", "unprojection", "clustering")]
+        assert all(ms > 0 for ms in stages) and 0 < report[name]["around_network_share"] < 1
+    assert report["around_network_speedup"] > 0
+    changed = subprocess.run(["git", "status", "--porcelain", "perception"], cwd=repo, capture_output=True, text=True)
+    if changed.stdout == "":  # the committed package against itself: the same labels, scores and instances
+        assert report["identical"] == {"labels": True, "scores": True, "instances": True}
+
+
+def test_compare_lidar_path_refuses_an_unknown_revision(capsys):
+    script, _ = _compare_script()
+    with pytest.raises(SystemExit) as exc:
+        script.main(["--against", "no-such-revision-xyz", "--repeats", "1"])
+    assert exc.value.code == 2 and "no-such-revision-xyz" in capsys.readouterr().err
