@@ -5,8 +5,8 @@ pipeline`` runs cannot tell a 10 % change from noise; frames of both versions al
 The other revision's ``perception`` package is extracted with ``git archive`` and imported as
 ``perception_ref`` (its own imports rewritten). Both run the same model on the same scan: projection,
 ONNX Runtime (CPU), labels back to the points, clustering with boxes. The report gives each version's frame
-and stage medians, its share of the frame spent around the network, and whether the two versions' labels,
-scores and instances are identical.
+and stage medians (``this``, ``reference``), the time and share of the frame spent around the network, and
+whether the two versions' labels, scores and instances are identical.
 
 Usage (from the repository root)::
 
@@ -16,8 +16,10 @@ Usage (from the repository root)::
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import dataclasses
-import functools
+import importlib
 import io
 import json
 import re
@@ -25,47 +27,74 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
-from perception.bench import AROUND_NETWORK_STAGES, _pipeline_scan, time_interleaved
+from perception.bench import AROUND_NETWORK_STAGES, _pipeline_scan, _time_lidar_paths
 from perception.io.kitti import read_velodyne_bin
-from perception.lidar import clustering
-from perception.runtime import segmenter
+from perception.runtime.segmenter import Segmenter
 from perception.service.settings import DEFAULT_SEG_MODEL
 
 REF_PACKAGE = "perception_ref"
 _IMPORT = re.compile(r"^(\s*)(from|import) perception(?=[\s.])", re.MULTILINE)
 
 
+def _imports_of_perception(source: str) -> list[int]:
+    """Lines of ``source`` that still import the ``perception`` package itself."""
+    lines = []
+    for node in ast.walk(ast.parse(source)):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        if any(n == "perception" or n.startswith("perception.") for n in names):
+            lines.append(node.lineno)
+    return lines
+
+
 def extract_revision(revision: str, dest: Path) -> Path:
-    """``revision``'s ``perception`` package as ``dest/perception_ref``, its imports of itself rewritten."""
+    """``revision``'s ``perception`` package as ``dest/perception_ref``, its imports of itself rewritten.
+
+    Raises :class:`subprocess.CalledProcessError` when git cannot give the revision, and RuntimeError when
+    an import escaped the rewriting (the reference would then silently run this checkout's code)."""
     root = subprocess.run(
         ["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True, cwd=Path(__file__).parent
     ).stdout.strip()
     archive = subprocess.run(
         ["git", "-C", root, "archive", "--format=tar", revision, "perception"], capture_output=True, check=True
     ).stdout
+    safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.11.4
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
-        tar.extractall(dest / "src", filter="data")
+        tar.extractall(dest / "src", **safe)  # type: ignore[arg-type]
     package = (dest / "src" / "perception").rename(dest / REF_PACKAGE)
     for source in package.rglob("*.py"):
-        source.write_text(_IMPORT.sub(rf"\1\2 {REF_PACKAGE}", source.read_text(encoding="utf-8")), encoding="utf-8")
+        text = _IMPORT.sub(rf"\1\2 {REF_PACKAGE}", source.read_text(encoding="utf-8"))
+        if left := _imports_of_perception(text):
+            raise RuntimeError(f"{source.relative_to(dest)}: imports of perception not rewritten at lines {left}")
+        source.write_text(text, encoding="utf-8")
     return package
 
 
-def _import_reference(dest: Path) -> tuple[ModuleType, ModuleType]:
+def _drop_reference_modules() -> None:
     for name in [m for m in sys.modules if m == REF_PACKAGE or m.startswith(REF_PACKAGE + ".")]:
-        del sys.modules[name]  # an earlier comparison's revision
-    sys.path.insert(0, str(dest))
-    from perception_ref.lidar import clustering as ref_clustering  # type: ignore[import-not-found]
-    from perception_ref.runtime import segmenter as ref_segmenter  # type: ignore[import-not-found]
+        del sys.modules[name]
 
-    return ref_segmenter, ref_clustering
+
+@contextlib.contextmanager
+def reference_package(revision: str) -> Iterator[ModuleType]:
+    """``revision``'s package, importable as ``perception_ref`` while the context lasts."""
+    with tempfile.TemporaryDirectory() as tmp:
+        extract_revision(revision, Path(tmp))
+        _drop_reference_modules()  # an earlier comparison's revision
+        sys.path.insert(0, tmp)
+        try:
+            yield importlib.import_module(REF_PACKAGE)
+        finally:
+            sys.path.remove(tmp)
+            _drop_reference_modules()
 
 
 def _instance_rows(instances: list[Any]) -> list[tuple[Any, ...]]:
@@ -73,51 +102,35 @@ def _instance_rows(instances: list[Any]) -> list[tuple[Any, ...]]:
 
 
 def compare(revision: str, model: Path, points: np.ndarray, repeats: int) -> dict[str, Any]:
-    """Medians per version (``this`` checkout, ``revision``) and whether their outputs are identical."""
-    with tempfile.TemporaryDirectory() as tmp:
-        extract_revision(revision, Path(tmp))
-        ref_segmenter, ref_clustering = _import_reference(Path(tmp))
-        versions = {
-            "this": (segmenter.Segmenter(model, providers="cpu"), clustering.cluster_instances),
-            revision: (ref_segmenter.Segmenter(model, providers="cpu"), ref_clustering.cluster_instances),
+    """Medians per version (``this`` checkout, ``reference``: ``revision``) and whether their outputs are identical."""
+    last: dict[str, tuple[Any, list[Any]]] = {}
+    with reference_package(revision) as ref:
+        ref_segmenter = importlib.import_module(f"{ref.__name__}.runtime.segmenter")
+        ref_clustering = importlib.import_module(f"{ref.__name__}.lidar.clustering")
+        segmenters = {
+            "this": Segmenter(model, providers="cpu"),
+            "reference": ref_segmenter.Segmenter(model, providers="cpu"),
         }
-        stages: dict[str, list[dict[str, float]]] = {name: [] for name in versions}
-        outputs: dict[str, tuple[np.ndarray, np.ndarray, list[tuple[Any, ...]]]] = {}
-
-        def frame(name: str) -> None:
-            seg, cluster_instances = versions[name]
-            result = seg.segment(points)
-            t0 = time.perf_counter()
-            instances = cluster_instances(points, result.labels, result.projection, scores=result.scores)
-            stages[name].append({**result.timings_ms, "clustering": (time.perf_counter() - t0) * 1e3})
-            outputs[name] = (result.labels, result.scores, _instance_rows(instances))
-
-        timed = time_interleaved({name: functools.partial(frame, name) for name in versions}, repeats)
+        timed = _time_lidar_paths(
+            segmenters, points, repeats, cluster_fns={"reference": ref_clustering.cluster_instances}, last=last
+        )
     report: dict[str, Any] = {"against": revision, "points": int(points.shape[0]), "repeats": repeats}
-    for name in versions:
-        rounds = stages[name][-repeats:]
-        per_stage = {key: np.array([r[key] for r in rounds]) for key in rounds[0]}
-        around = np.sum([per_stage[k] for k in AROUND_NETWORK_STAGES], axis=0)
-        report[name] = {
-            "median_ms": timed[name]["median_ms"],
-            **{f"{key}_median_ms": float(np.median(v)) for key, v in per_stage.items()},
-            "around_network_median_ms": float(np.median(around)),
-            "around_network_share": float(np.median(around / np.sum(list(per_stage.values()), axis=0))),
-        }
-    (labels, scores, instances), (ref_labels, ref_scores, ref_instances) = outputs["this"], outputs[revision]
+    for name, fields in timed.items():
+        report[name] = {k: v for k, v in fields.items() if k != "stage_note"}
+    (result, instances), (ref_result, ref_instances) = last["this"], last["reference"]
     report["identical"] = {
-        "labels": bool(np.array_equal(labels, ref_labels)),
-        "scores": bool(np.array_equal(scores, ref_scores)),
-        "instances": instances == ref_instances,
+        "labels": bool(np.array_equal(result.labels, ref_result.labels)),
+        "scores": bool(np.array_equal(result.scores, ref_result.scores)),
+        "instances": _instance_rows(instances) == _instance_rows(ref_instances),
     }
     report["around_network_speedup"] = (
-        report[revision]["around_network_median_ms"] / report["this"]["around_network_median_ms"]
+        report["reference"]["around_network_median_ms"] / report["this"]["around_network_median_ms"]
     )
     return report
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--against", required=True, help="git revision to compare with (a commit, tag or branch)")
     parser.add_argument("--repeats", type=int, default=40, help="timed frames per version (default 40)")
     parser.add_argument("--scan", type=Path, help="a KITTI .bin scan (default: the committed mesh-world frame)")
@@ -129,15 +142,19 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     points = read_velodyne_bin(args.scan) if args.scan else _pipeline_scan()[0]
     try:
         report = compare(args.against, args.model, points, args.repeats)
+    except FileNotFoundError:
+        parser.exit(2, "error: git is not installed (the other revision comes from git archive)\n")
     except subprocess.CalledProcessError as exc:
-        parser.exit(2, f"error: git could not give revision {args.against!r}: {(exc.stderr or b'').strip()!r}\n")
+        reason = exc.stderr.decode(errors="replace").strip() if isinstance(exc.stderr, bytes) else exc.stderr
+        parser.exit(2, f"error: git could not give revision {args.against!r}: {reason}\n")
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        for name in ("this", args.against):
+        for name in ("this", "reference"):
             r = report[name]
+            label = "this" if name == "this" else args.against
             stage_text = ", ".join(f"{k} {r[f'{k}_median_ms']:.2f}" for k in (*AROUND_NETWORK_STAGES, "inference"))
-            print(f"{name:>12}: frame {r['median_ms']:.1f} ms ({stage_text}); around the network "
+            print(f"{label:>12}: frame {r['median_ms']:.1f} ms ({stage_text}); around the network "
                   f"{r['around_network_median_ms']:.2f} ms, {r['around_network_share'] * 100:.1f}%")  # fmt: skip
         print(f"around the network: {report['around_network_speedup']:.2f}x; identical outputs: {report['identical']}")
     return report

@@ -512,10 +512,20 @@ def _minor_page_faults() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
 
 
-def _time_lidar_paths(segmenters: dict[str, Any], points: np.ndarray, repeats: int) -> dict[str, dict[str, Any]]:
+def _time_lidar_paths(
+    segmenters: dict[str, Any],
+    points: np.ndarray,
+    repeats: int,
+    cluster_fns: dict[str, Callable[..., list[Any]]] | None = None,
+    last: dict[str, tuple[Any, list[Any]]] | None = None,
+) -> dict[str, dict[str, Any]]:
     """Each :class:`~perception.runtime.segmenter.Segmenter` (projection, ONNX Runtime, labels back) then
-    clustering with boxes, per frame, in alternating runs; stage medians and the share of the frame spent
-    around the network (``around_network_share``)."""
+    clustering with boxes, per frame, in alternating runs; stage medians and the time and share of the frame
+    spent around the network (``around_network_median_ms``, ``around_network_share``).
+
+    ``cluster_fns``: a clustering function other than :func:`~perception.lidar.clustering.cluster_instances`
+    for some of the segmenters (same arguments); ``last``, when given, receives each one's last segmentation
+    result and instances."""
     from perception.lidar.clustering import cluster_instances
 
     stages: dict[str, dict[str, list[float]]] = {name: {} for name in segmenters}
@@ -523,13 +533,16 @@ def _time_lidar_paths(segmenters: dict[str, Any], points: np.ndarray, repeats: i
     faults: dict[str, list[int]] = {name: [] for name in segmenters}
 
     def frame(name: str, segmenter: Any) -> None:
+        cluster = (cluster_fns or {}).get(name, cluster_instances)
         faults_before = _minor_page_faults()
         result = segmenter.segment(points)
         t0 = time.perf_counter()
-        found = cluster_instances(points, result.labels, result.projection, scores=result.scores)
+        found = cluster(points, result.labels, result.projection, scores=result.scores)
         clustering_ms = (time.perf_counter() - t0) * 1e3
         faults[name].append(_minor_page_faults() - faults_before)
         instances[name].append(len(found))
+        if last is not None:
+            last[name] = (result, found)
         for key, value in {**result.timings_ms, "clustering": clustering_ms}.items():
             stages[name].setdefault(key, []).append(value)
 
@@ -544,6 +557,7 @@ def _time_lidar_paths(segmenters: dict[str, Any], points: np.ndarray, repeats: i
         around = np.sum([per_stage[k] for k in AROUND_NETWORK_STAGES], axis=0)
         for key, values in per_stage.items():
             res[f"{key}_median_ms"] = float(np.median(values))
+        res["around_network_median_ms"] = float(np.median(around))
         res["around_network_share"] = float(np.median(around / totals))
         res["minor_page_faults_per_frame"] = float(np.mean(faults[name][-repeats:]))
         res["instances"] = int(np.median(instances[name]))

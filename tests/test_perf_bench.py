@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import mmap
 import shutil
 import subprocess
 import sys
@@ -181,10 +182,13 @@ def test_each_ort_setting_changes_one_thing_of_the_projects_session_options():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts page faults by getrusage on Linux")
 def test_the_page_fault_counter_sees_fresh_memory_being_touched():
+    # a fresh anonymous mapping (malloc could hand out memory this process already holds), every page touched:
+    # 16384 pages of 4 KiB, or at least 32 huge pages
+    fresh = mmap.mmap(-1, 64 << 20)
     before = bench._minor_page_faults()
-    fresh = np.ones(64 << 20, dtype=np.uint8)  # 64 MiB mapped fresh: 16384 pages of 4 KiB, or 32 huge pages
+    np.frombuffer(fresh, dtype=np.uint8)[::4096] = 1
     assert bench._minor_page_faults() - before >= 32
-    del fresh
+    fresh.close()
 
 
 def test_lidar_pipeline_reports_its_stages_and_the_share_around_the_network():
@@ -226,13 +230,30 @@ def test_compare_lidar_path_runs_a_revision_beside_this_checkout(capsys):
     script, repo = _compare_script()
     report = script.main(["--against", "HEAD", "--repeats", "2", "--json"])
     assert json.loads(capsys.readouterr().out) == report
-    for name in ("this", "HEAD"):
+    assert report["against"] == "HEAD"
+    for name in ("this", "reference"):
         stages = [report[name][f"{k}_median_ms"] for k in ("projection", "inference", "unprojection", "clustering")]
         assert all(ms > 0 for ms in stages) and 0 < report[name]["around_network_share"] < 1
     assert report["around_network_speedup"] > 0
     changed = subprocess.run(["git", "status", "--porcelain", "perception"], cwd=repo, capture_output=True, text=True)
     if changed.stdout == "":  # the committed package against itself: the same labels, scores and instances
         assert report["identical"] == {"labels": True, "scores": True, "instances": True}
+
+
+def test_the_reference_package_runs_its_own_code(tmp_path):
+    script, _ = _compare_script()
+    package = script.extract_revision("HEAD", tmp_path)
+    assert (package / "lidar" / "clustering.py").is_file()
+    assert not any(script._imports_of_perception(p.read_text()) for p in package.rglob("*.py"))
+    imports = "import perception.bench\nfrom perception import cli\nfrom . import x\nimport perceptionist"
+    assert script._imports_of_perception(imports) == [1, 2]
+    with script.reference_package("HEAD") as ref:
+        segmenter_module = importlib.import_module("perception_ref.runtime.segmenter")
+        assert ref.__name__ == "perception_ref"
+        assert segmenter_module.spherical_project.__module__ == "perception_ref.lidar.projection"
+        loaded = [m for name, m in sys.modules.items() if name.startswith("perception_ref.")]
+        assert loaded and all(Path(m.__file__).is_relative_to(Path(ref.__file__).parent) for m in loaded if m.__file__)
+    assert "perception_ref" not in sys.modules
 
 
 def test_compare_lidar_path_refuses_an_unknown_revision(capsys):

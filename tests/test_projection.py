@@ -83,6 +83,15 @@ def test_any_pixel_image_goes_back_to_the_points_with_its_dtype():
     assert out.tolist() == [scores[r0, c0], -0.5, -0.5, scores[r3, c3]]
     with pytest.raises(ValueError, match="shape"):
         labels_to_points(scores[:, :-1], proj)
+    marks = np.zeros(proj.mask.shape, dtype=np.uint8)
+    marks[r0, c0] = 7  # points 0 and 3 share this pixel (one azimuth and elevation)
+    assert (r0, c0) == (r3, c3)
+    assert labels_to_points(marks, proj, outside=9).tolist() == [7, 9, 9, 7]
+    assert labels_to_points(marks > 0, proj).tolist() == [True, False, False, True]
+    # the bookkeeping a projection shares with every reader cannot be changed through it
+    for shared in (proj.in_view, proj.pixel_of_point, proj.flat_pixel_of_point):
+        with pytest.raises(ValueError, match="read-only"):
+            shared[0] = 0
 
 
 def test_nearest_point_wins_the_pixel():

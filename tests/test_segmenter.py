@@ -98,6 +98,8 @@ def test_argmax_classes_is_numpy_argmax_with_ties_to_the_first_class():
     assert out.dtype == np.int64
     np.testing.assert_array_equal(out, np.argmax(scores, axis=0))
     assert (out[:4] == 1).all() and (out[5] == 0).all()
+    scores[3, 7, 0] = np.nan  # a broken model's NaN wins, as in numpy
+    assert argmax_classes(scores)[7, 0] == 3 == np.argmax(scores, axis=0)[7, 0]
 
 
 def test_segmenter_accepts_a_batch_free_range_image(seg_model):

@@ -49,7 +49,7 @@ Two ways to find the neighbours:
 ``method="sklearn"`` (the reference): :class:`sklearn.cluster.DBSCAN` with the same ``eps_m`` and
 ``min_points``, on the same points. sklearn is imported lazily and is not a runtime dependency.
 
-Only points that are in the range image (``pixel_of_point >= 0``) are clustered, by both methods,
+Only points that are in the range image (:attr:`Projection.in_view`) are clustered, by both methods,
 so the two are comparable; points outside the field of view get label 0 from
 :func:`perception.lidar.projection.labels_to_points` anyway.
 
@@ -825,7 +825,7 @@ def _closeness_scores(
 def _best_angles(xy_rows: np.ndarray, starts: np.ndarray, sizes: np.ndarray, angles: np.ndarray) -> np.ndarray:
     """(K,) per cloud, the angle of highest closeness; ties (all points within d0 of an edge): the smallest area."""
     score, area = _closeness_scores(xy_rows, starts, sizes, angles)
-    tied = score >= score.max(axis=0) * (1.0 - 1e-9)
+    tied = score >= score.max(axis=0) * (1.0 - 8 * np.finfo(score.dtype).eps)  # float32 round-off
     return angles[np.argmin(np.where(tied, area, np.inf), axis=0)]
 
 
@@ -1024,9 +1024,9 @@ def _cluster_labels(
     clusters: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     if method == "range_image":
         # one search for all the classes that share a window (points of different classes never pair)
+        in_image = np.flatnonzero(in_view)
         for window in dict.fromkeys(class_params[c].window for c in classes):
             same = [c for c in classes if class_params[c].window == window]
-            in_image = np.flatnonzero(in_view)
             sel = in_image[np.isin(lab[in_image], same)]
             group = np.searchsorted(same, lab[sel])
             pixels = pixels_of_flat(projection.flat_pixel_of_point[sel], image_shape[1])
@@ -1070,7 +1070,7 @@ def cluster_instances(
         points: float (N, 4) (or (N, 3)) x, y, z in metres (LiDAR frame), intensity.
         labels: int (N,) class id per point (0 background, 1 car, 2 pedestrian, 3 cyclist).
         projection: :func:`perception.lidar.projection.spherical_project` of the same ``points``;
-            its ``pixel_of_point`` drives the neighbour search. Points not in the image are not
+            its ``flat_pixel_of_point`` drives the neighbour search. Points not in the image are not
             clustered (by either method).
         params: per-class DBSCAN parameters; exactly the classes given are clustered (default
             :data:`DEFAULT_CLUSTER_PARAMS`: car, pedestrian, cyclist). Class 0 is never clustered.

@@ -57,17 +57,23 @@ class Projection:
 
     @cached_property
     def pixel_of_point(self) -> np.ndarray:
-        """int64 (N, 2) row and column of each input point, (-1, -1) when it is not in the image."""
-        return pixels_of_flat(self.flat_pixel_of_point, self.mask.shape[1])
+        """int64 (N, 2) row and column of each input point, (-1, -1) when it is not in the image (read-only)."""
+        return _read_only(pixels_of_flat(self.flat_pixel_of_point, self.mask.shape[1]))
 
     @cached_property
     def in_view(self) -> np.ndarray:
-        """bool (N,), True for points that fell on a pixel (whether or not they won it)."""
-        return self.flat_pixel_of_point >= 0
+        """bool (N,), True for points that fell on a pixel, whether or not they won it (read-only)."""
+        return _read_only(self.flat_pixel_of_point >= 0)
 
     @property
     def num_pixels_filled(self) -> int:
         return int(self.mask.sum())
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    """``array``, no longer writeable: computed once and shared by every reader of a projection."""
+    array.flags.writeable = False
+    return array
 
 
 def pixels_of_flat(flat: np.ndarray, width: int) -> np.ndarray:
@@ -121,6 +127,7 @@ def spherical_project(points: np.ndarray, sensor: SensorSpec) -> Projection:
     flat = rr * width + cc
     flat_pixel_of_point = np.full(n, -1, dtype=np.int64)
     flat_pixel_of_point[kept] = flat
+    _read_only(flat_pixel_of_point)
 
     # nearest wins: the smallest range per pixel, then one owner among the points at that range
     nearest = np.full(height * width, np.inf)
