@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from perception.lidar import clustering
 from perception.lidar.clustering import (
     DEFAULT_CLUSTER_PARAMS,
     Box3D,
@@ -217,7 +218,16 @@ def test_the_window_search_is_exact_dbscan_over_window_neighbours(height, width,
     pixels = np.stack([rng.integers(0, height, m), rng.integers(0, width, m)], axis=1)
     xyz = np.column_stack([pixels[:, 1], pixels[:, 0], np.zeros(m)]) + rng.integers(-1, 2, (m, 3))
     xyz = xyz.astype(np.float64)
-    fast = range_image_dbscan(xyz, pixels, (height, width), eps, min_points, window)
+    # the link search's shortcuts must not change the result: box-reach pruning off (no cluster limit), and
+    # the window prefilter forced on
+    pruning, prefilter = data.draw(st.sampled_from([(True, False), (False, False), (True, True)]))
+    saved = clustering._REACH_MAX_CLUSTERS, clustering._LINK_SOURCES_UNFILTERED
+    try:
+        clustering._REACH_MAX_CLUSTERS = saved[0] if pruning else -1
+        clustering._LINK_SOURCES_UNFILTERED = 0 if prefilter else saved[1]
+        fast = range_image_dbscan(xyz, pixels, (height, width), eps, min_points, window)
+    finally:
+        clustering._REACH_MAX_CLUSTERS, clustering._LINK_SOURCES_UNFILTERED = saved
     if m == 0:
         assert fast.shape == (0,)
         return

@@ -517,6 +517,48 @@ def _near_other_cluster(grid: _PaddedPixels, root: np.ndarray, half_rows: int, s
     return found & (own >= 0)
 
 
+_REACH_MAX_CLUSTERS = 1024  # more clusters than this: every cluster may link (no pairwise box test)
+# up to this many core points that may link are searched from without the window prefilter, which costs
+# about as much as the search from this many points (~1 ms at 64 x 512)
+_LINK_SOURCES_UNFILTERED = 1024
+
+
+def _clusters_within_reach(
+    root: np.ndarray,
+    core: np.ndarray,
+    coords: tuple[np.ndarray, ...],
+    eps2: float | np.ndarray,
+    group: np.ndarray | None,
+) -> np.ndarray:
+    """``root`` (m,) with -1 for the clusters that no other cluster of their group can link to.
+
+    Two clusters link only through core points within ``eps`` of each other, so only if the bounding boxes
+    of their core points, each grown by ``eps / 2``, overlap (a necessary condition: the test never drops a
+    link).
+    ``coords``, ``eps2`` and ``group`` are per position as in :func:`_close_pairs`.
+    """
+    members = np.flatnonzero(core)
+    by_root = members[np.argsort(root[members], kind="stable")]
+    sorted_roots = root[by_root]
+    starts = np.flatnonzero(np.concatenate([[True], sorted_roots[1:] != sorted_roots[:-1]]))
+    roots = sorted_roots[starts]
+    if roots.size > _REACH_MAX_CLUSTERS:
+        return root
+    half_reach = np.sqrt(eps2 if np.isscalar(eps2) else np.take(eps2, roots)) / 2  # one eps per group
+    near = np.ones((roots.size, roots.size), dtype=bool)
+    for axis in coords:
+        values = axis[by_root]
+        lo = np.minimum.reduceat(values, starts) - half_reach
+        hi = np.maximum.reduceat(values, starts) + half_reach
+        near &= (lo[:, None] <= hi[None, :]) & (lo[None, :] <= hi[:, None])
+    if group is not None:
+        near &= group[roots][:, None] == group[roots][None, :]
+    np.fill_diagonal(near, False)
+    keep = np.zeros(root.size, dtype=bool)
+    keep[roots[near.any(axis=1)]] = True
+    return np.where(keep[root], root, -1)
+
+
 def _concat_pairs(*pairs: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate([p[0] for p in pairs]), np.concatenate([p[1] for p in pairs])
 
@@ -677,12 +719,14 @@ def _grouped_dbscan(
     core_i, core_j = core[ii], core[jj]
     both = core_i & core_j
     root = connected_components(m, ii[both], jj[both])
-    # 3. links between clusters across the rest of the window: searched only from core points
-    # that have another cluster's core point in their window
-    linkable = np.append(np.where(core, root, -1), -1)
-    core_roots = root[core]
-    several = core_roots.min() != core_roots.max()  # one cluster has nothing to link to
-    if several and plan.ring_half and (front := _near_other_cluster(grid, linkable, plan.half_rows, plan.shifts)).any():
+    # 3. links between clusters across the rest of the window: only between clusters whose bounding boxes
+    # come within eps of each other, searched from their core points (when there are many, only from those
+    # that have another such cluster's core point in their window)
+    linkable = np.append(np.where(core, _clusters_within_reach(root, core, coords, eps2, group), -1), -1)
+    front = linkable[:m] >= 0
+    if np.count_nonzero(front) > _LINK_SOURCES_UNFILTERED:
+        front = _near_other_cluster(grid, linkable, plan.half_rows, plan.shifts)
+    if plan.ring_half and front.any():
         link_i, link_j = _concat_pairs(
             _close_pairs(grid, coords, eps2, owners[front[owners]], plan.ring_half, all_points=False, root=linkable,
                          group=group),
