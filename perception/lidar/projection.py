@@ -139,8 +139,9 @@ def spherical_project(points: np.ndarray, sensor: SensorSpec) -> Projection:
     winners = owner[winner_pixels]
 
     image = np.zeros((NUM_CHANNELS, height * width), dtype=np.float32)
+    winner_rows = np.take(pts, winners, axis=0)  # one gather of whole rows, then a scatter per channel
     for channel in range(4):
-        image[channel, winner_pixels] = pts[winners, channel]
+        image[channel, winner_pixels] = winner_rows[:, channel]
     image[NUM_CHANNELS - 1, winner_pixels] = nearest[winner_pixels]
     mask = np.zeros(height * width, dtype=bool)
     mask[winner_pixels] = True
