@@ -30,9 +30,11 @@ Two ways to find the neighbours:
     2. the points still short of ``min_points``: all their neighbours in 3 x 5, then, for those
        still short, in the whole window (so every non-core point knows all its neighbours);
     3. clusters from the core pairs found so far (vectorised min-label hooking with pointer
-       jumping, no scipy); then links between clusters across the rest of the window, searched
-       only from core points that have another cluster's core point in their window (running
-       max/min of a root image) and only towards points of another cluster.
+       jumping, no scipy); then links between clusters across the rest of the window, only
+       between clusters whose core points' bounding boxes come within ``eps_m`` of each other
+       (a necessary condition for a link), searched from their core points (when there are
+       many, only from those that have another such cluster's core point in their window:
+       running max/min of a root image) and only towards points of another cluster.
 
     The window is an approximation: an eps-neighbour whose pixel is outside the window is missed
     (a window as large as the image gives exactly sklearn's labels). At range ``r`` the eps ball
@@ -534,8 +536,7 @@ def _clusters_within_reach(
 
     Two clusters link only through core points within ``eps`` of each other, so only if the bounding boxes
     of their core points, each grown by ``eps / 2``, overlap (a necessary condition: the test never drops a
-    link).
-    ``coords``, ``eps2`` and ``group`` are per position as in :func:`_close_pairs`.
+    link). ``coords``, ``eps2`` and ``group`` are per position as in :func:`_close_pairs`.
     """
     members = np.flatnonzero(core)
     by_root = members[np.argsort(root[members], kind="stable")]
