@@ -500,16 +500,16 @@ def _pipeline_scan() -> tuple[np.ndarray, str]:
     return cast_scan(SENSORS["hdl64e-360"], street_scene(0), seed=0).points, "analytic street scan (seed 0)"
 
 
-def _minor_page_faults() -> int:
-    """Minor page faults of this process so far (all its threads); 0 where getrusage is missing (Windows).
+def _minor_page_faults() -> float:
+    """Minor page faults of this process so far (all its threads); NaN where getrusage is missing (Windows).
 
     Fresh memory that the allocator has to map costs a fault per page: the count per frame shows whether
     the arrays a frame allocates come from memory the process already holds."""
     try:
         import resource
     except ImportError:
-        return 0
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+        return float("nan")
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
 
 
 def _time_lidar_paths(
@@ -530,7 +530,7 @@ def _time_lidar_paths(
 
     stages: dict[str, dict[str, list[float]]] = {name: {} for name in segmenters}
     instances: dict[str, list[int]] = {name: [] for name in segmenters}
-    faults: dict[str, list[int]] = {name: [] for name in segmenters}
+    faults: dict[str, list[float]] = {name: [] for name in segmenters}
 
     def frame(name: str, segmenter: Any) -> None:
         cluster = (cluster_fns or {}).get(name, cluster_instances)
