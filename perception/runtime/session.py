@@ -21,7 +21,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import onnxruntime as ort
@@ -171,7 +171,7 @@ class LoadedModel:
 
 
 Spinning = Literal["in_run", "off", "on"]
-SPINNING: tuple[str, ...] = ("in_run", "off", "on")
+SPINNING: tuple[str, ...] = get_args(Spinning)
 
 
 def session_options(intra_op_threads: int = 0, spinning: Spinning = "in_run") -> ort.SessionOptions:
