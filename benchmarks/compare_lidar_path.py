@@ -35,8 +35,10 @@ from typing import Any
 import numpy as np
 
 from perception.bench import AROUND_NETWORK_STAGES, _pipeline_scan, _time_lidar_paths
+from perception.io.common import MalformedFileError
 from perception.io.kitti import read_velodyne_bin
-from perception.runtime.segmenter import Segmenter
+from perception.runtime.segmenter import InvalidInputError, Segmenter
+from perception.runtime.session import ModelLoadError
 from perception.service.settings import DEFAULT_SEG_MODEL
 
 REF_PACKAGE = "perception_ref"
@@ -139,9 +141,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
-    points = read_velodyne_bin(args.scan) if args.scan else _pipeline_scan()[0]
     try:
+        points = read_velodyne_bin(args.scan) if args.scan else _pipeline_scan()[0]
         report = compare(args.against, args.model, points, args.repeats)
+    except (MalformedFileError, ModelLoadError, InvalidInputError) as exc:
+        parser.exit(2, f"error: {exc}\n")
     except FileNotFoundError:
         parser.exit(2, "error: git is not installed (the other revision comes from git archive)\n")
     except subprocess.CalledProcessError as exc:

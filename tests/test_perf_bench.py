@@ -261,3 +261,15 @@ def test_compare_lidar_path_refuses_an_unknown_revision(capsys):
     with pytest.raises(SystemExit) as exc:
         script.main(["--against", "no-such-revision-xyz", "--repeats", "1"])
     assert exc.value.code == 2 and "no-such-revision-xyz" in capsys.readouterr().err
+
+
+def test_compare_lidar_path_refuses_bad_files_in_one_line(tmp_path, capsys):
+    script, _ = _compare_script()
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"abc")
+    for args, expected in ((["--scan", str(bad)], "whole number of 16-byte points"),
+                           (["--model", str(bad)], "not a loadable ONNX model")):  # fmt: skip
+        with pytest.raises(SystemExit) as exc:
+            script.main(["--against", "HEAD", "--repeats", "1", *args])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and err.startswith("error: ") and expected in err and err.count("\n") == 1
