@@ -113,7 +113,7 @@ def project(
 
     from perception.io import read_point_cloud, write_squeezeseg_npy
     from perception.io.labels import read_point_labels
-    from perception.lidar.projection import spherical_project, to_squeezeseg_tensor
+    from perception.lidar.projection import points_to_pixels, spherical_project, to_squeezeseg_tensor
     from perception.lidar.sensors import load_sensor
 
     spec = load_sensor(sensor)
@@ -122,9 +122,7 @@ def project(
     pixel_labels = None
     if labels is not None:
         point_labels = read_point_labels(labels, expected=len(points))
-        pixel_labels = np.zeros(proj.mask.shape, dtype=np.float32)
-        owners = proj.point_of_pixel[proj.mask]
-        pixel_labels[proj.mask] = point_labels[owners]
+        pixel_labels = points_to_pixels(point_labels.astype(np.float32), proj)
     write_squeezeseg_npy(out, to_squeezeseg_tensor(proj, pixel_labels))
     console.print(
         f"{scan}: {proj.num_points} points, {int(proj.in_view.sum())} in view of {spec.name}, "
@@ -591,6 +589,42 @@ def train(
     )
 
 
+data_app = typer.Typer(help="Convert datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("kitti-to-squeezeseg")
+@user_errors
+def data_kitti_to_squeezeseg(
+    data: Annotated[Path, typer.Option(help="KITTI object layout: velodyne/, label_2/, calib/.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory (squeezeseg/*.npy, ImageSets/all.txt).")],
+    sensor: Annotated[str, typer.Option(help="Sensor name or spec file.")] = "kitti-front",
+    split: Annotated[
+        str | None, typer.Option(help="Only the frames of ImageSets/SPLIT.txt, or of a .txt file of frame ids.")
+    ] = None,
+    outside_camera: Annotated[
+        str, typer.Option(help="ignore: points the camera does not see are label -1 (KITTI labels no object "
+                          "there); background: label them 0 (as the evaluation protocol scores them).")
+    ] = "ignore",
+) -> None:
+    """KITTI object scans as SqueezeSeg .npy training frames, point labels from the 3D boxes.
+
+    Labels: 1 car, 2 pedestrian, 3 cyclist inside those boxes, -1 (not scored) in Van, Truck, Tram, Misc,
+    Person_sitting boxes and DontCare regions, 0 elsewhere. Files are written atomically.
+    """
+    from perception.lidar.box_labels import write_squeezeseg_frames
+    from perception.lidar.sensors import load_sensor
+
+    if outside_camera not in ("ignore", "background"):
+        raise ValueError(f"--outside-camera must be ignore or background, got {outside_camera!r}")
+    if not (data / "velodyne").is_dir():
+        raise ValueError(f"{data}: has no velodyne/ directory (KITTI object layout)")
+    spec = load_sensor(sensor)
+    written = write_squeezeseg_frames(data, out, spec, split, ignore_outside_camera=outside_camera == "ignore")
+    where = out / "squeezeseg"
+    console.print(f"wrote {len(written)} frames ({spec.height} x {spec.width}) to {where}", highlight=False)
+
+
 eval_app = typer.Typer(help="Evaluate predictions or models.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 
@@ -663,14 +697,27 @@ def eval_det(
 @eval_app.command("seg")
 @user_errors
 def eval_seg(
-    data: Annotated[Path, typer.Option(help="SqueezeSeg .npy directory, or KITTI layout with velodyne/ + labels/.")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="SqueezeSeg .npy directory, or KITTI layout: velodyne/ with labels/ (per point) or with "
+            "label_2/ + calib/ (KITTI object boxes: the SqueezeSeg paper's box-to-point labels)."
+        ),
+    ],
     model: Annotated[Path, typer.Option(help="SqueezeSeg ONNX model.")] = DEFAULT_SEG_MODEL,
-    split: Annotated[str | None, typer.Option(help="Evaluate only the frames of ImageSets/SPLIT.txt.")] = None,
+    split: Annotated[
+        str | None, typer.Option(help="Only the frames of ImageSets/SPLIT.txt, or of a .txt file of frame ids.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     card: Annotated[str | None, typer.Option(help="Record the result in the model card under this name.")] = None,
     providers: Annotated[str, typer.Option(help="auto or a list like cuda,cpu.")] = "auto",
 ) -> None:
-    """Per-class IoU, precision and recall (percent) of a segmentation model on labelled scans."""
+    """Per-class IoU, precision and recall (percent) of a segmentation model on labelled scans.
+
+    Points in the sensor's field of view are scored (front 90 deg for kitti-front); with KITTI boxes, a
+    point in a Car / Pedestrian / Cyclist box is that class, points in Van, Truck, Tram, Misc,
+    Person_sitting boxes and DontCare regions are not scored, everything else is background.
+    """
     from perception.evaluation.model_card import add_metrics
     from perception.evaluation.segmentation import evaluate_segmenter
     from perception.runtime.segmenter import Segmenter
@@ -683,9 +730,11 @@ def eval_seg(
         command = f"perception eval seg --data {data} --model {model}" + (f" --split {split}" if split else "")
         add_metrics(model, card, table, command, f"{data} ({scores.frames} scans, {scores.points} points)")
     if as_json:
-        print(json.dumps({"classes": table, "frames": scores.frames, "points": scores.points}))
+        doc = {"classes": table, "frames": scores.frames, "points": scores.points, "ignored_points": scores.ignored}
+        print(json.dumps(doc))
         return
-    out = Table(title=f"{model.name} on {data} ({scores.frames} scans, {scores.points} points)")
+    title = f"{model.name} on {data} ({scores.frames} scans, {scores.points} points scored"
+    out = Table(title=title + (f", {scores.ignored} not scored)" if scores.ignored else ")"))
     for col in ("class", "IoU %", "precision %", "recall %", "points"):
         out.add_column(col)
     for name, row in table.items():

@@ -98,7 +98,7 @@ def test_trained_checkpoint_exports_and_runs_in_the_runtime(scan_dir, tmp_path):
 
 def test_labels_from_kitti_boxes_match_the_simulated_labels():
     from perception.io.kitti import Calibration
-    from perception.training.datasets import labels_from_boxes
+    from perception.lidar.box_labels import point_labels_from_boxes
 
     boxes = street_scene(0)
     scan = cast_scan(SENSORS["hdl64e-360"], boxes, seed=0)
@@ -113,7 +113,7 @@ def test_labels_from_kitti_boxes_match_the_simulated_labels():
         # rotation_y 0 points along camera x, so a LiDAR yaw maps to -yaw - pi/2
         objects.append(KittiObject(kind, dimensions=(b.height + 0.05, b.width + 0.1, b.length + 0.1),
                                    location=(-b.y, 1.73 + 0.02, b.x), rotation_y=-b.yaw - np.pi / 2))  # fmt: skip
-    labels = labels_from_boxes(scan.points, objects, calib)
+    labels = point_labels_from_boxes(scan.points, objects, calib)
     agree = (labels == scan.labels).mean()
     assert agree > 0.999, agree
 

@@ -7,10 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from perception.evaluation.kitti_object import Metric, PathLike, evaluate_kitti_2d, load_label_dir
-from perception.evaluation.segmentation import _split_ids
 from perception.io.common import MalformedFileError
 from perception.io.images import read_image
-from perception.io.kitti import KittiObject, sequence_ids
+from perception.io.kitti import KittiObject, read_split_ids, sequence_ids
 from perception.runtime.detector import Detector
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -43,7 +42,7 @@ def predict_directory(detector: Detector, data: PathLike, split: str | None = No
     image_dir = root / "image_2"
     if not image_dir.is_dir():
         raise MalformedFileError(root, "has no image_2/ directory")
-    ids = _split_ids(root, split)
+    ids = read_split_ids(root, split)
     if ids is None:
         ids = sequence_ids([p.name for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES])
     out: dict[str, list[KittiObject]] = {}

@@ -265,3 +265,21 @@ def sequence_ids(names: Sequence[str]) -> list[str]:
     """Frame ids (stems) sorted as KITTI does: numerically when all are numbers."""
     stems = [Path(n).stem for n in names]
     return sorted(stems, key=lambda s: (0, int(s), s) if s.isdigit() else (1, 0, s))
+
+
+def read_split_ids(root: PathLike, split: str | None) -> list[str] | None:
+    """Frame ids of a split: ``root/ImageSets/<split>.txt``, or ``split`` itself when it names a ``.txt`` file.
+
+    A path lets a split of a directory that is not yours to write into (``../shared/data``) live elsewhere,
+    e.g. ``configs/splits/kitti_object_dev_val.txt``. None when no split is asked for.
+    """
+    if split is None:
+        return None
+    given = Path(split)
+    path = given if given.suffix == ".txt" else Path(root) / "ImageSets" / f"{split}.txt"
+    if not path.is_file():
+        raise MalformedFileError(path, f"no split file for {split!r}")
+    ids = [line.strip() for line in read_text(path).splitlines() if line.strip()]
+    if not ids:
+        raise MalformedFileError(path, "the split lists no frames")
+    return ids

@@ -1,7 +1,9 @@
 """SqueezeSeg ``.npy`` range tensors: float32 (H, W, 6) with x, y, z, intensity, range, label.
 
 The public SqueezeSeg data (KITTI-derived, 64 x 512) uses this layout; range 0 marks an empty pixel
-and labels are 0 unknown, 1 car, 2 pedestrian, 3 cyclist.
+and labels are 0 unknown, 1 car, 2 pedestrian, 3 cyclist. This project also writes -1 (``IGNORE_LABEL``)
+for points left out of training and scoring (``perception data kitti-to-squeezeseg``: points in Van,
+Truck, Tram, Misc, Person_sitting boxes and DontCare regions).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ PathLike = str | os.PathLike[str]
 
 SQUEEZESEG_CHANNELS = ("x", "y", "z", "intensity", "range", "label")
 NUM_CLASSES = 4
+IGNORE_LABEL = -1
 
 
 def read_npy_array(path: PathLike) -> np.ndarray:
@@ -42,8 +45,8 @@ def read_squeezeseg_npy(path: PathLike, shape: tuple[int, int] | None = None) ->
     if not np.all(np.isfinite(arr)):
         raise MalformedFileError(path, "holds NaN or infinite values")
     labels = arr[..., 5]
-    if np.any((labels != np.round(labels)) | (labels < 0) | (labels >= NUM_CLASSES)):
-        raise MalformedFileError(path, f"labels must be integers 0..{NUM_CLASSES - 1}")
+    if np.any((labels != np.round(labels)) | (labels < IGNORE_LABEL) | (labels >= NUM_CLASSES)):
+        raise MalformedFileError(path, f"labels must be integers 0..{NUM_CLASSES - 1} or {IGNORE_LABEL} (not scored)")
     if np.any(arr[..., 4] < 0):
         raise MalformedFileError(path, "negative range values")
     return arr

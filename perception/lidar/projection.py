@@ -173,6 +173,20 @@ def labels_to_points(pixel_labels: np.ndarray, projection: Projection, outside: 
     return np.take(table, projection.flat_pixel_of_point)
 
 
+def points_to_pixels(point_values: np.ndarray, projection: Projection, empty: float = 0) -> np.ndarray:
+    """Per-pixel values (H, W) of per-point values (N,): each filled pixel takes its winning point's value.
+
+    The inverse of :func:`labels_to_points` on the winning points; empty pixels get ``empty``. The result
+    has the values' dtype.
+    """
+    values = np.asarray(point_values)
+    if values.shape != (projection.num_points,):
+        raise ValueError(f"{values.shape[0] if values.ndim else 0} values for {projection.num_points} points")
+    out = np.full(projection.mask.shape, empty, dtype=values.dtype)
+    out[projection.mask] = values[projection.point_of_pixel[projection.mask]]
+    return out
+
+
 def range_image_to_points(image: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """Points (M, 4) x, y, z, intensity of the filled pixels of a (C>=4, H, W) range image, row-major.
 

@@ -124,24 +124,15 @@ def build_engines(model_paths: Sequence[PathLike], options: TensorRTOptions) -> 
 # --- frames -----------------------------------------------------------------------------------------
 
 
-def _split_ids(root: Path, split: str | None) -> list[str] | None:
-    if split is None:
-        return None
-    path = root / "ImageSets" / f"{split}.txt"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no split file for {split!r}")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-
-
 def labelled_images(data: PathLike, split: str | None = None) -> Iterator[tuple[str, Path, Path]]:
     """(frame id, image path, label path) of a KITTI-layout directory with ``image_2/`` and ``label_2/``."""
-    from perception.io.kitti import sequence_ids
+    from perception.io.kitti import read_split_ids, sequence_ids
 
     root = Path(data)
     images, labels = root / "image_2", root / "label_2"
     if not images.is_dir() or not labels.is_dir():
         raise FileNotFoundError(f"{root}: needs image_2/ and label_2/ (KITTI layout)")
-    ids = _split_ids(root, split)
+    ids = read_split_ids(root, split)
     if ids is None:
         ids = sequence_ids([p.name for p in labels.glob("*.txt")])
     for frame_id in ids:

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from perception.io.squeezeseg import SQUEEZESEG_CHANNELS, read_squeezeseg_npy
+from perception.io.squeezeseg import IGNORE_LABEL, SQUEEZESEG_CHANNELS, read_squeezeseg_npy
 from perception.lidar.squeezeseg_config import CLASSES as CLASS_NAMES
 
 PathLike = str | os.PathLike[str]
@@ -48,7 +48,10 @@ def squeezeseg_statistics(
 
     * ``frames``, ``pixels`` (H x W summed over frames), ``valid_pixels`` (range > 0);
     * ``valid_fraction``: valid / all pixels; ``valid_fraction_min`` / ``_max``: over single frames;
-    * ``class_share``: {class name: fraction of valid pixels with that label} (sums to 1);
+    * ``class_share``: {class name: fraction of the labelled valid pixels with that label} (sums to 1);
+      pixels labelled IGNORE_LABEL (-1, not scored: KITTI's Van, Truck, ... boxes and DontCare regions,
+      from ``perception data kitti-to-squeezeseg``) are left out of it, their share of the valid pixels is
+      ``not_scored_fraction``;
     * ``range_edges_m`` and ``range_histogram``: fractions of valid pixels per range bin (m); ranges
       beyond the last edge count in the last bin (their share is ``range_beyond_last_edge``);
     * ``intensity_edges`` and ``intensity_histogram``: fractions of valid pixels per intensity bin
@@ -56,7 +59,7 @@ def squeezeseg_statistics(
     * ``mean_range_m`` and ``mean_intensity`` over valid pixels.
 
     With no valid pixel at all, shares, histograms and means are zeros. Raises ValueError on a tensor of
-    the wrong shape or with labels outside 0..3, on no tensors, on unsorted range edges or on
+    the wrong shape or with labels outside -1..3, on no tensors, on unsorted range edges or on
     ``intensity_bins`` < 1.
     """
     edges = np.asarray(range_edges_m, dtype=np.float64)
@@ -64,7 +67,7 @@ def squeezeseg_statistics(
         raise ValueError(f"range edges must be at least two increasing values, got {range_edges_m}")
     if intensity_bins < 1:
         raise ValueError(f"intensity_bins must be >= 1, got {intensity_bins}")
-    frames = pixels = valid = beyond = 0
+    frames = pixels = valid = beyond = not_scored = 0
     class_counts = np.zeros(len(CLASS_NAMES), dtype=np.int64)
     range_counts = np.zeros(len(edges) - 1, dtype=np.int64)
     intensity_counts = np.zeros(intensity_bins, dtype=np.int64)
@@ -81,9 +84,11 @@ def squeezeseg_statistics(
         if n == 0:
             continue
         labels = np.rint(arr[..., 5][mask]).astype(np.int64)
-        if labels.min() < 0 or labels.max() >= len(CLASS_NAMES):
-            raise ValueError(f"tensor {index}: labels must be 0..{len(CLASS_NAMES) - 1}")
-        class_counts += np.bincount(labels, minlength=len(CLASS_NAMES))
+        if labels.min() < IGNORE_LABEL or labels.max() >= len(CLASS_NAMES):
+            raise ValueError(f"tensor {index}: labels must be 0..{len(CLASS_NAMES) - 1} or {IGNORE_LABEL}")
+        scored = labels[labels != IGNORE_LABEL]
+        not_scored += n - len(scored)
+        class_counts += np.bincount(scored, minlength=len(CLASS_NAMES))
         rng_m = arr[..., 4][mask].astype(np.float64)
         beyond += int(np.count_nonzero(rng_m > edges[-1]))
         range_counts += np.histogram(np.clip(rng_m, edges[0], edges[-1]), bins=edges)[0]
@@ -94,6 +99,7 @@ def squeezeseg_statistics(
     if frames == 0:
         raise ValueError("no SqueezeSeg tensors to describe")
     denom = max(valid, 1)
+    labelled = max(valid - not_scored, 1)
     return {
         "frames": frames,
         "pixels": pixels,
@@ -101,7 +107,8 @@ def squeezeseg_statistics(
         "valid_fraction": valid / pixels if pixels else 0.0,
         "valid_fraction_min": min(per_frame),
         "valid_fraction_max": max(per_frame),
-        "class_share": {name: int(c) / denom for name, c in zip(CLASS_NAMES, class_counts, strict=True)},
+        "class_share": {name: int(c) / labelled for name, c in zip(CLASS_NAMES, class_counts, strict=True)},
+        "not_scored_fraction": not_scored / denom,
         "range_edges_m": [float(e) for e in edges],
         "range_histogram": [int(c) / denom for c in range_counts],
         "range_beyond_last_edge": beyond / denom,

@@ -6,8 +6,8 @@ sources:
 * a directory of SqueezeSeg ``.npy`` tensors (the public KITTI-derived set, or ``squeezeseg/`` of the
   simulator's output);
 * raw KITTI velodyne scans with ``label_2`` + ``calib``: points inside a labelled 3D box take its class,
-  as the SqueezeSeg authors derived their labels (Car/Van -> car, Pedestrian/Person_sitting ->
-  pedestrian, Cyclist -> cyclist);
+  by the SqueezeSeg paper's protocol (Car, Pedestrian, Cyclist; points in the other types' boxes and
+  in DontCare regions are IGNORE_LABEL, left out of the loss);
 * a KITTI-layout directory with per-point ``labels/*.label`` files (the simulator's output).
 
 Detection samples are (image (3, 384, 1248) float32 RGB in [0, 255], boxes (M, 4) xyxy in network-input
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,29 +26,19 @@ import torch
 from PIL import Image
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from perception.io import read_calib, read_image, read_label, read_velodyne_bin
+from perception.io import read_image, read_label, read_velodyne_bin
 from perception.io.common import MalformedFileError
-from perception.io.kitti import Calibration, KittiObject, sequence_ids
+from perception.io.kitti import read_split_ids, sequence_ids
 from perception.io.labels import read_point_labels
 from perception.io.squeezeseg import read_squeezeseg_npy, split_squeezeseg
-from perception.lidar.projection import spherical_project
+from perception.lidar.box_labels import box_labels_of_frame
+from perception.lidar.projection import points_to_pixels, spherical_project
 from perception.lidar.sensors import SENSORS, SensorSpec
 
 PathLike = str | os.PathLike[str]
 
-KITTI_TO_SEG_CLASS = {"Car": 1, "Van": 1, "Pedestrian": 2, "Person_sitting": 2, "Cyclist": 3}
 KITTI_TO_DET_CLASS = {"Car": 0, "Pedestrian": 1, "Cyclist": 2}
 DET_INPUT_SIZE = (1248, 384)
-
-
-def read_split(root: PathLike, split: str | None) -> list[str] | None:
-    """Frame ids listed in ``ImageSets/<split>.txt`` (None when no split is asked for)."""
-    if split is None:
-        return None
-    path = Path(root) / "ImageSets" / f"{split}.txt"
-    if not path.is_file():
-        raise MalformedFileError(path, f"no split file for {split!r}")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
 def flip_range_sample(image: np.ndarray, mask: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -110,37 +101,74 @@ class SqueezeSegNpyDataset(RangeImageDataset):
         return image, mask[None].astype(np.float32), labels
 
 
-def labels_from_boxes(points: np.ndarray, objects: Sequence[KittiObject], calib: Calibration) -> np.ndarray:
-    """Class per point (N,) from KITTI 3D boxes: a point inside an object's box gets the object's class."""
-    labels = np.zeros(len(points), dtype=np.int64)
-    rect = calib.velo_to_rect(points[:, :3])
-    for obj in objects:
-        cls = KITTI_TO_SEG_CLASS.get(obj.type)
-        if cls is None:
-            continue
-        h, w, length = obj.dimensions
-        c, s = np.cos(obj.rotation_y), np.sin(obj.rotation_y)
-        d = rect - np.asarray(obj.location)
-        # into the object's frame: x along its length, z along its width (rotation about the camera y axis)
-        local_x = c * d[:, 0] - s * d[:, 2]
-        local_z = s * d[:, 0] + c * d[:, 2]
-        inside = (np.abs(local_x) <= length / 2) & (np.abs(local_z) <= w / 2) & (d[:, 1] <= 0) & (d[:, 1] >= -h)
-        labels[inside] = cls
-    return labels
+@dataclass(frozen=True)
+class PointAugment:
+    """Augmentation of a point cloud before projection (all off by default); angles in degrees.
+
+    * ``flip``: mirror the scene (y -> -y) with probability 0.5;
+    * ``rotate_deg``: yaw about the LiDAR's z axis, uniform in +-``rotate_deg``;
+    * ``scale``: all coordinates times a factor uniform in 1 +- ``scale``;
+    * ``intensity_jitter``: intensity times a factor uniform in 1 +- ``intensity_jitter``, plus Gaussian
+      noise of 0.02 x ``intensity_jitter``, clipped to [0, 1] (KITTI reflectance);
+    * ``point_dropout``: drop a fraction of the points, uniform in [0, ``point_dropout``];
+    * ``beam_dropout``: drop each beam (image row) with this probability after projection.
+    """
+
+    flip: bool = False
+    rotate_deg: float = 0.0
+    scale: float = 0.0
+    intensity_jitter: float = 0.0
+    point_dropout: float = 0.0
+    beam_dropout: float = 0.0
+
+
+def augment_points(
+    points: np.ndarray, labels: np.ndarray, aug: PointAugment, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Augmented copies of points (N, 4) and their labels (N,) (see :class:`PointAugment`)."""
+    pts = points.astype(np.float32, copy=True)
+    if aug.point_dropout > 0:
+        keep = rng.random(len(pts)) >= rng.uniform(0.0, aug.point_dropout)
+        pts, labels = pts[keep], labels[keep]
+    if aug.flip and rng.random() < 0.5:
+        pts[:, 1] = -pts[:, 1]
+    if aug.rotate_deg > 0:
+        yaw = np.radians(rng.uniform(-aug.rotate_deg, aug.rotate_deg))
+        c, s = np.float32(np.cos(yaw)), np.float32(np.sin(yaw))
+        x, y = pts[:, 0].copy(), pts[:, 1].copy()
+        pts[:, 0], pts[:, 1] = c * x - s * y, s * x + c * y
+    if aug.scale > 0:
+        pts[:, :3] *= np.float32(rng.uniform(1 - aug.scale, 1 + aug.scale))
+    if aug.intensity_jitter > 0:
+        factor = rng.uniform(1 - aug.intensity_jitter, 1 + aug.intensity_jitter)
+        noise = rng.normal(0.0, 0.02 * aug.intensity_jitter, len(pts))
+        pts[:, 3] = np.clip(pts[:, 3] * factor + noise, 0.0, 1.0)
+    return pts, labels
 
 
 class KittiScanDataset(RangeImageDataset):
-    """KITTI-layout scans (``velodyne/*.bin``) with point labels from ``labels/*.label`` or from 3D boxes."""
+    """KITTI-layout scans (``velodyne/*.bin``) with point labels from ``labels/*.label`` or from 3D boxes.
+
+    Box labels follow the SqueezeSeg protocol (:func:`perception.lidar.box_labels.point_labels_from_boxes`):
+    points in Van, Truck, Tram, Misc, Person_sitting boxes and DontCare regions are IGNORE_LABEL, and with
+    ``ignore_outside_camera`` so are points the camera does not see (their objects are not labelled).
+    Points and labels of each frame are read once and kept; ``augment`` acts on the points before the
+    projection (training), the base class's ``flip``/``dropout`` are not used.
+    """
 
     def __init__(self, root: PathLike, split: str | None = None, sensor: SensorSpec = SENSORS["kitti-front"],
+                 augment: PointAugment | None = None, ignore_outside_camera: bool = True,
                  **kwargs: object) -> None:  # fmt: skip
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self.root = Path(root)
-        ids = read_split(root, split)
+        ids = read_split_ids(root, split)
         self.ids = ids if ids is not None else sequence_ids([p.name for p in (self.root / "velodyne").glob("*.bin")])
         if not self.ids:
             raise MalformedFileError(self.root / "velodyne", "no .bin scans")
         self.sensor = sensor
+        self.augment = augment
+        self.ignore_outside_camera = ignore_outside_camera
+        self._frames: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -149,17 +177,65 @@ class KittiScanDataset(RangeImageDataset):
         label_file = self.root / "labels" / f"{frame_id}.label"
         if label_file.is_file():
             return read_point_labels(label_file, expected=len(points))
-        objects = read_label(self.root / "label_2" / f"{frame_id}.txt")
-        return labels_from_boxes(points, objects, read_calib(self.root / "calib" / f"{frame_id}.txt"))
+        return box_labels_of_frame(self.root, frame_id, points, self.ignore_outside_camera)
 
-    def load(self, index: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        frame_id = self.ids[index]
-        points = read_velodyne_bin(self.root / "velodyne" / f"{frame_id}.bin")
-        point_labels = self.point_labels(frame_id, points)
+    def points_and_labels(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if index not in self._frames:
+            frame_id = self.ids[index]
+            points = read_velodyne_bin(self.root / "velodyne" / f"{frame_id}.bin")
+            self._frames[index] = (points, self.point_labels(frame_id, points))
+        return self._frames[index]
+
+    def load(self, index: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        points, point_labels = self.points_and_labels(index)
+        if rng is not None and self.augment is not None:
+            points, point_labels = augment_points(points, point_labels, self.augment, rng)
         proj = spherical_project(points, self.sensor)
-        labels = np.zeros(proj.mask.shape, dtype=np.int64)
-        labels[proj.mask] = point_labels[proj.point_of_pixel[proj.mask]]
-        return proj.image, proj.mask[None].astype(np.float32), labels
+        labels = points_to_pixels(point_labels.astype(np.int64, copy=False), proj)
+        mask = proj.mask
+        image = proj.image
+        if rng is not None and self.augment is not None and self.augment.beam_dropout > 0:
+            rows = rng.random(mask.shape[0]) < self.augment.beam_dropout
+            mask = mask & ~rows[:, None]
+            image = image * mask
+            labels = labels * mask
+        return image, mask[None].astype(np.float32), labels
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng((self.seed, self.epoch, index)) if self.augment is not None else None
+        image, mask, labels = self.load(index, rng)
+        return torch.from_numpy(image), torch.from_numpy(mask), torch.from_numpy(labels)
+
+
+class RepeatedDataset(Dataset):
+    """A dataset seen ``times`` times per epoch (oversampling a small real set beside a large synthetic one)."""
+
+    def __init__(self, dataset: Dataset, times: int) -> None:
+        if times < 1:
+            raise ValueError("times must be >= 1")
+        self.dataset, self.times = dataset, times
+
+    def __len__(self) -> int:
+        return len(self.dataset) * self.times  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int):  # type: ignore[no-untyped-def]
+        return self.dataset[index % len(self.dataset)]  # type: ignore[arg-type]
+
+    def set_epoch(self, epoch: int) -> None:
+        set_epoch(self.dataset, epoch * self.times)
+
+
+def set_epoch(dataset: Dataset, epoch: int) -> None:
+    """Tell a dataset, or every part of a concatenation, which epoch it serves (its augmentation seed)."""
+    if isinstance(dataset, RepeatedDataset):
+        dataset.set_epoch(epoch)
+    elif isinstance(dataset, ConcatDataset):
+        for part in dataset.datasets:
+            set_epoch(part, epoch)
+    elif isinstance(dataset, Subset):
+        set_epoch(dataset.dataset, epoch)
+    else:
+        dataset.epoch = epoch  # type: ignore[attr-defined]
 
 
 class KittiDetectionDataset(Dataset):
@@ -173,7 +249,7 @@ class KittiDetectionDataset(Dataset):
     def __init__(self, root: PathLike, split: str | None = None, augment: bool = False,
                  drift: tuple[int, int] = (150, 100), seed: int = 0) -> None:  # fmt: skip
         self.root = Path(root)
-        ids = read_split(root, split)
+        ids = read_split_ids(root, split)
         self.ids = ids if ids is not None else sequence_ids([p.name for p in (self.root / "image_2").glob("*.png")])
         if not self.ids:
             raise MalformedFileError(self.root / "image_2", "no .png frames")

@@ -140,9 +140,18 @@ def squeezeseg_loss(
     mask: torch.Tensor,
     class_weights: tuple[float, ...] = seg_cfg.CLASS_LOSS_WEIGHTS,
     coef: float = seg_cfg.CLS_LOSS_COEF,
+    focal_gamma: float = 0.0,
 ) -> torch.Tensor:
-    """``coef * sum(CE * mask * w[label]) / sum(mask)``; logits (B, C, H, W), labels (B, H, W) int, mask (B, H, W)."""
-    weights = torch.tensor(class_weights, dtype=logits.dtype, device=logits.device)[labels]
-    ce = F.cross_entropy(logits, labels, reduction="none")
-    m = mask.to(logits.dtype)
+    """``coef * sum(CE * mask * w[label]) / sum(mask)``; logits (B, C, H, W), labels (B, H, W) int, mask (B, H, W).
+
+    Pixels labelled IGNORE_LABEL (-1) count as masked out. ``focal_gamma`` > 0 scales each pixel's CE by
+    ``(1 - p_true)^gamma`` (focal loss, as SqueezeSegV2), which lowers the weight of easy pixels.
+    """
+    scored = labels >= 0
+    safe = labels.clamp(min=0)
+    weights = torch.tensor(class_weights, dtype=logits.dtype, device=logits.device)[safe]
+    ce = F.cross_entropy(logits, safe, reduction="none")
+    if focal_gamma > 0:
+        ce = ce * (1 - torch.exp(-ce)).pow(focal_gamma)
+    m = mask.to(logits.dtype) * scored.to(logits.dtype)
     return coef * (ce * m * weights).sum() / m.sum().clamp(min=1.0)

@@ -71,6 +71,21 @@ class TrainConfig:
     crop_width: int = 0  # random azimuth crops for speed (multiple of 16); 0 = full width
     flip: bool = True
     range_dropout: float = 0.0
+    # point-level augmentation of KITTI-layout scans before projection (datasets.PointAugment; 0 = off)
+    rotate_deg: float = 0.0
+    scale_jitter: float = 0.0
+    intensity_jitter: float = 0.0
+    point_dropout: float = 0.0
+    beam_dropout: float = 0.0
+    # more training sets beside ``data``: [{data: DIR, split: NAME or FILE.txt, repeat: k}], e.g. a few
+    # real KITTI scans oversampled k times per epoch beside a large synthetic set
+    sources: list[dict[str, Any]] = field(default_factory=list)
+    # start from these weights: a checkpoint (.pt) or a model this project exported (.onnx)
+    init: str | None = None
+    # focal loss (SqueezeSegV2): CE x (1 - p_true)^gamma; 0 = plain cross-entropy
+    focal_gamma: float = 0.0
+    # which validation figure picks best.pt: "mean" (IoU of car, pedestrian, cyclist) or one class's IoU
+    select: str = "mean"
     # per-class loss weights (unknown, car, pedestrian, cyclist); None = the paper's (1/15, 1, 10, 10), which
     # are about inverse to KITTI's class frequencies: re-derive them for data with other frequencies
     class_weights: tuple[float, ...] | None = None
@@ -108,6 +123,13 @@ class TrainConfig:
             raise ValueError(f"block must be {', '.join(BLOCKS)}, got {cfg.block!r}")
         if cfg.crf_form not in ("original", "standard"):
             raise ValueError(f"crf_form must be original or standard, got {cfg.crf_form!r}")
+        if cfg.select not in ("mean", *(f"iou_{c}" for c in seg_cfg.CLASSES[1:])):
+            raise ValueError(f"select must be mean or iou_car/iou_pedestrian/iou_cyclist, got {cfg.select!r}")
+        for source in cfg.sources:
+            if not isinstance(source, dict) or "data" not in source or set(source) - {"data", "split", "repeat"}:
+                raise ValueError(f"each of sources needs data (and optionally split, repeat), got {source!r}")
+        if cfg.focal_gamma < 0:
+            raise ValueError("focal_gamma must be >= 0")
         if cfg.class_weights is not None:
             cfg.class_weights = tuple(float(w) for w in cfg.class_weights)
             if len(cfg.class_weights) != len(seg_cfg.CLASSES) or min(cfg.class_weights) <= 0:
@@ -163,8 +185,7 @@ class TrainingTask:
     def validate(self, device: torch.device) -> dict[str, float]:
         raise NotImplementedError
 
-    @staticmethod
-    def score(metrics: dict[str, float]) -> float:
+    def score(self, metrics: dict[str, float]) -> float:
         raise NotImplementedError
 
 
@@ -172,7 +193,10 @@ class SegmentationTask(TrainingTask):
     name = "seg"
 
     def __init__(self, cfg: TrainConfig) -> None:
-        from perception.training.datasets import KittiScanDataset, SqueezeSegNpyDataset
+        from torch.utils.data import ConcatDataset
+
+        from perception.io.kitti import read_split_ids
+        from perception.training.datasets import KittiScanDataset, PointAugment, RepeatedDataset, SqueezeSegNpyDataset
         from perception.training.nets.squeezeseg import squeezeseg, squeezeseg_without_crf
 
         self.cfg = cfg
@@ -182,22 +206,32 @@ class SegmentationTask(TrainingTask):
             else squeezeseg_without_crf(block=cfg.block)  # type: ignore[arg-type]
         )
 
+        if cfg.init:
+            load_initial_weights(self.model, cfg.init)
+        augment = PointAugment(flip=cfg.flip, rotate_deg=cfg.rotate_deg, scale=cfg.scale_jitter,
+                               intensity_jitter=cfg.intensity_jitter, point_dropout=cfg.point_dropout,
+                               beam_dropout=cfg.beam_dropout)  # fmt: skip
+
         def make(root: str, split: str | None, train: bool) -> Any:
-            kwargs = {"flip": cfg.flip and train, "dropout": cfg.range_dropout if train else 0.0, "seed": cfg.seed}
             base = Path(root)
             if (base / "velodyne").is_dir():
-                return KittiScanDataset(base, split=split, **kwargs)
+                return KittiScanDataset(base, split=split, augment=augment if train else None, seed=cfg.seed)
+            kwargs = {"flip": cfg.flip and train, "dropout": cfg.range_dropout if train else 0.0, "seed": cfg.seed}
             npy_dir = base / "squeezeseg" if (base / "squeezeseg").is_dir() else base
-            from perception.training.datasets import read_split
+            return SqueezeSegNpyDataset(npy_dir, files=read_split_ids(base, split), **kwargs)
 
-            return SqueezeSegNpyDataset(npy_dir, files=read_split(base, split), **kwargs)
-
-        self.train_set = make(cfg.data, cfg.train_split, True)
+        parts = [make(cfg.data, cfg.train_split, True)]
+        for source in cfg.sources:
+            part = make(str(source["data"]), source.get("split"), True)
+            parts.append(RepeatedDataset(part, int(source.get("repeat", 1))))
+        self.train_set = parts[0] if len(parts) == 1 else ConcatDataset(parts)
         val_root = cfg.val_data or cfg.data
         self.val_set = make(val_root, cfg.val_split, False) if cfg.val_split or cfg.val_data else None
 
     def batch(self, indices: list[int], epoch: int, device: torch.device) -> tuple[Any, ...]:
-        self.train_set.epoch = epoch
+        from perception.training.datasets import set_epoch
+
+        set_epoch(self.train_set, epoch)
         items = [self.train_set[i] for i in indices]
         image, mask, labels = (torch.stack([it[k] for it in items]) for k in range(3))
         if self.cfg.crop_width and self.cfg.crop_width < image.shape[-1]:
@@ -213,7 +247,8 @@ class SegmentationTask(TrainingTask):
         image, mask, labels = batch
         logits = self.model(image, mask)
         weights = self.cfg.class_weights or seg_cfg.CLASS_LOSS_WEIGHTS
-        return {"total": squeezeseg_loss(logits.float(), labels, mask[:, 0], class_weights=weights)}
+        gamma = self.cfg.focal_gamma
+        return {"total": squeezeseg_loss(logits.float(), labels, mask[:, 0], class_weights=weights, focal_gamma=gamma)}
 
     @torch.no_grad()
     def validate(self, device: torch.device) -> dict[str, float]:
@@ -226,13 +261,15 @@ class SegmentationTask(TrainingTask):
             logits = self.model(image[None].to(device), mask[None].to(device))
             preds.append(logits.argmax(1)[0].cpu().numpy())
             gts.append(labels.numpy())
-            masks.append(mask[0].numpy() > 0)
+            masks.append((mask[0].numpy() > 0) & (labels.numpy() >= 0))  # IGNORE_LABEL pixels are not scored
         self.model.train()
         return segmentation_metrics(np.stack(preds), np.stack(gts), np.stack(masks)).flat()
 
-    @staticmethod
-    def score(metrics: dict[str, float]) -> float:
-        return float(np.nanmean([metrics.get(f"iou_{c}", np.nan) for c in ("car", "pedestrian", "cyclist")]))
+    def score(self, metrics: dict[str, float]) -> float:
+        if self.cfg.select != "mean":
+            return float(metrics.get(self.cfg.select, np.nan))
+        values = [metrics.get(f"iou_{c}", np.nan) for c in ("car", "pedestrian", "cyclist")]
+        return float(np.nanmean(values)) if np.isfinite(values).any() else float("nan")
 
 
 class DetectionTask(TrainingTask):
@@ -295,8 +332,7 @@ class DetectionTask(TrainingTask):
         return {f"ap_{c}_{d}": (v if v is not None else float("nan"))
                 for c in ("car", "pedestrian", "cyclist") for d, v in ap[c].items()}  # fmt: skip
 
-    @staticmethod
-    def score(metrics: dict[str, float]) -> float:
+    def score(self, metrics: dict[str, float]) -> float:
         return float(metrics.get("ap_car_moderate", float("nan")))
 
 
@@ -330,6 +366,21 @@ class MetricsLog:
             for key, value in row.items():
                 if key != "step" and isinstance(value, int | float) and math.isfinite(value):
                     self.tb.add_scalar(key, value, row["step"])
+
+
+def load_initial_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Weights to start training from: a checkpoint or state dict (.pt), or an exported segmentation .onnx."""
+    from perception.training.export import _load_weights, segmentation_model_from_onnx
+
+    if str(path).endswith(".onnx"):
+        source = segmentation_model_from_onnx(path)
+        try:
+            model.load_state_dict(source.state_dict())
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise ValueError(f"{path}: weights do not fit {type(model).__name__} ({first})") from None
+    else:
+        _load_weights(model, path)
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

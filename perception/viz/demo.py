@@ -2,7 +2,8 @@
 written out as pictures and an HTML report that links them. It is what a new user runs first.
 
 For each frame of each data directory (KITTI layout: ``velodyne/*.bin`` with optional ``labels/*.label``
-point labels, ``image_2/*.png`` with optional ``label_2/*.txt`` boxes) it writes:
+point labels, or with KITTI object ``label_2/`` boxes and ``calib/`` whose point labels follow the
+SqueezeSeg box-to-point protocol; ``image_2/*.png`` with optional ``label_2/*.txt`` boxes) it writes:
 
 * ``<set>_<id>_camera.png``: the camera frame with detections (score >= the plot threshold) and the
   ground-truth boxes in white;
@@ -30,6 +31,7 @@ from perception import KITTI_SAMPLES
 from perception.camera.boxes import Detection2D
 from perception.io import KittiObject, read_image, read_label, read_squeezeseg_npy, read_velodyne_bin, write_image
 from perception.io.labels import read_point_labels_and_instances
+from perception.lidar.box_labels import box_labels_of_frame
 from perception.lidar.clustering import Instance
 from perception.lidar.projection import spherical_project
 from perception.pipeline import Frame, ModelLoadError, PerceptionResult, Pipeline
@@ -165,6 +167,9 @@ class _Demo:
             if paths["labels"].is_file():
                 gt_labels, ids = read_point_labels_and_instances(paths["labels"], expected=len(points))
                 gt_instances = instances_from_labels(points, gt_labels, ids)
+            elif paths["boxes"].is_file() and (root / "calib" / f"{frame_id}.txt").is_file():
+                # a KITTI object frame: labels from its 3D boxes; points left out of the score drawn as background
+                gt_labels = np.maximum(box_labels_of_frame(root, frame_id, points), 0)
             assert self.pipeline.segmenter is not None
             proj = spherical_project(points, self.pipeline.segmenter.sensor)
             pred_px = pixel_labels_of_points(result.labels, proj)
