@@ -141,12 +141,14 @@ def test_training_mixes_sources_and_starts_from_the_shipped_model(kitti_object_d
         task="seg", data=str(kitti_object_dir), train_split=None, val_split=None, out=str(tmp_path / "run"),
         steps=2, batch_size=2, crop_width=64, threads=1, crf_form="standard", rotate_deg=5.0, point_dropout=0.1,
         sources=[{"data": str(kitti_object_dir), "repeat": 2}], init=str(REPO / "models/squeezeseg_kitti-front.onnx"),
-        focal_gamma=2.0, select="iou_car",
+        focal_gamma=2.0, select="iou_car", outside_camera="background",
     ))  # fmt: skip
     summary = train(cfg)
     assert summary["step"] == 2 and all(np.isfinite(summary["losses"]))
     with pytest.raises(ValueError, match="sources"):
         TrainConfig.from_dict({"sources": [{"path": "x"}]})
+    with pytest.raises(ValueError, match="outside_camera"):
+        TrainConfig.from_dict({"outside_camera": "drop"})
     with pytest.raises(ValueError, match="select"):
         TrainConfig.from_dict({"select": "iou_bus"})
 

@@ -80,6 +80,9 @@ class TrainConfig:
     # more training sets beside ``data``: [{data: DIR, split: NAME or FILE.txt, repeat: k}], e.g. a few
     # real KITTI scans oversampled k times per epoch beside a large synthetic set
     sources: list[dict[str, Any]] = field(default_factory=list)
+    # KITTI box labels outside the camera's image (no object is labelled there): "ignore" leaves them out
+    # of the loss; "background" trains them as background, as the paper's front-90-deg protocol scores them
+    outside_camera: str = "ignore"
     # start from these weights: a checkpoint (.pt) or a model this project exported (.onnx)
     init: str | None = None
     # focal loss (SqueezeSegV2): CE x (1 - p_true)^gamma; 0 = plain cross-entropy
@@ -128,6 +131,8 @@ class TrainConfig:
         for source in cfg.sources:
             if not isinstance(source, dict) or "data" not in source or set(source) - {"data", "split", "repeat"}:
                 raise ValueError(f"each of sources needs data (and optionally split, repeat), got {source!r}")
+        if cfg.outside_camera not in ("ignore", "background"):
+            raise ValueError(f"outside_camera must be ignore or background, got {cfg.outside_camera!r}")
         if cfg.focal_gamma < 0:
             raise ValueError("focal_gamma must be >= 0")
         if cfg.class_weights is not None:
@@ -215,7 +220,8 @@ class SegmentationTask(TrainingTask):
         def make(root: str, split: str | None, train: bool) -> Any:
             base = Path(root)
             if (base / "velodyne").is_dir():
-                return KittiScanDataset(base, split=split, augment=augment if train else None, seed=cfg.seed)
+                return KittiScanDataset(base, split=split, augment=augment if train else None, seed=cfg.seed,
+                                        ignore_outside_camera=cfg.outside_camera == "ignore")  # fmt: skip
             kwargs = {"flip": cfg.flip and train, "dropout": cfg.range_dropout if train else 0.0, "seed": cfg.seed}
             npy_dir = base / "squeezeseg" if (base / "squeezeseg").is_dir() else base
             return SqueezeSegNpyDataset(npy_dir, files=read_split_ids(base, split), **kwargs)
