@@ -29,7 +29,7 @@ from perception.io import read_velodyne_bin
 from perception.io.common import MalformedFileError, atomic_write_text
 from perception.io.kitti import Calibration, KittiObject, PathLike, read_calib, read_label, read_split_ids, sequence_ids
 from perception.io.squeezeseg import IGNORE_LABEL, write_squeezeseg_npy
-from perception.lidar.projection import spherical_project, to_squeezeseg_tensor
+from perception.lidar.projection import points_to_pixels, spherical_project, to_squeezeseg_tensor
 from perception.lidar.sensors import SensorSpec
 
 __all__ = ["IGNORE_LABEL", "box_labels_of_frame", "point_labels_from_boxes", "write_squeezeseg_frames"]
@@ -155,10 +155,7 @@ def write_squeezeseg_frames(
         points = read_velodyne_bin(base / "velodyne" / f"{frame_id}.bin")
         point_labels = box_labels_of_frame(base, frame_id, points, ignore_outside_camera)
         proj = spherical_project(points, sensor)
-        pixel_labels = np.zeros(proj.mask.shape, dtype=np.float32)
-        pixel_labels[proj.mask] = point_labels[proj.point_of_pixel[proj.mask]]
-        written.append(
-            write_squeezeseg_npy(target / "squeezeseg" / f"{frame_id}.npy", to_squeezeseg_tensor(proj, pixel_labels))
-        )
+        tensor = to_squeezeseg_tensor(proj, points_to_pixels(point_labels.astype(np.float32), proj))
+        written.append(write_squeezeseg_npy(target / "squeezeseg" / f"{frame_id}.npy", tensor))
     atomic_write_text(target / "ImageSets" / "all.txt", "".join(f"{i}\n" for i in ids))
     return written

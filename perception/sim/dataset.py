@@ -41,7 +41,7 @@ from perception.io.common import atomic_write, atomic_write_text
 from perception.io.kitti import Calibration, KittiObject, write_calib, write_label, write_velodyne_bin
 from perception.io.labels import write_point_labels
 from perception.io.squeezeseg import write_squeezeseg_npy
-from perception.lidar.projection import spherical_project, to_squeezeseg_tensor
+from perception.lidar.projection import points_to_pixels, spherical_project, to_squeezeseg_tensor
 from perception.lidar.sensors import SENSORS, SensorSpec, load_sensor
 from perception.sim.camera import (
     Annotation,
@@ -120,9 +120,7 @@ def squeezeseg_tensor(points: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """The SqueezeSeg (64, 512, 6) tensor of a scan: ``kitti-front`` projection, label channel from the
     point that wins each pixel (the nearest)."""
     proj = spherical_project(points, SENSORS[SQUEEZESEG_SENSOR])
-    pixel_labels = np.zeros(proj.mask.shape, dtype=np.float32)
-    pixel_labels[proj.mask] = np.asarray(labels)[proj.point_of_pixel[proj.mask]]
-    return to_squeezeseg_tensor(proj, pixel_labels)
+    return to_squeezeseg_tensor(proj, points_to_pixels(np.asarray(labels).astype(np.float32), proj))
 
 
 def _camera_params(config: Mapping[str, Any], rng: np.random.Generator) -> CameraParams:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from perception.lidar.projection import Projection
+from perception.lidar.projection import Projection, points_to_pixels
 from perception.viz.draw import CAPTION_HEIGHT, CLASS_NAMES, PANEL_GAP, caption, class_colour, class_legend, hstack
 
 # unknown (grey), car (blue), pedestrian (red), cyclist (yellow); empty pixels black
@@ -36,14 +36,7 @@ def pixel_labels_of_points(point_labels: np.ndarray, projection: Projection) -> 
 
     ``point_labels`` is (N,) per input point of the cloud ``projection`` was made from.
     """
-    labels = np.asarray(point_labels).astype(np.int64, copy=False)
-    if labels.shape != (projection.num_points,):
-        raise ValueError(f"point_labels must be ({projection.num_points},), got {labels.shape}")
-    owner = projection.point_of_pixel
-    out = np.zeros(owner.shape, dtype=np.int64)
-    filled = owner >= 0
-    out[filled] = labels[owner[filled]]
-    return out
+    return points_to_pixels(np.asarray(point_labels).astype(np.int64, copy=False), projection)
 
 
 def agreement(pred: np.ndarray, truth: np.ndarray, mask: np.ndarray) -> float:
